@@ -1,0 +1,3 @@
+from ktstr.cli import main
+
+raise SystemExit(main())

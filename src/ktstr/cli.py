@@ -1,0 +1,220 @@
+"""Command line. The only module that exits; a thin adapter over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ktstr.errors import Interrupted, KtstrError
+from ktstr.evaluate.topology import topology_mismatches
+from ktstr.host import kernel as kern
+from ktstr.host.kernel_build import BuildRequest, build_kernel
+from ktstr.protocol.messages import MessageKind
+from ktstr.runner import BootRequest, run_guest
+from ktstr.spec.topology import PRESET_LIST, Topology
+
+log = logging.getLogger("ktstr")
+
+
+def _add_vm_args(p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t") -> None:
+    p.add_argument(
+        "--kernel",
+        help="kernel dir, image, or cache entry (default: $KTSTR_KERNEL, then the newest cached)",
+    )
+    p.add_argument(
+        "--topology",
+        default=default_topology,
+        help="NnNlNcNt shape or preset name (default %(default)s)",
+    )
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--memory", type=int, default=0, metavar="MB", help="guest RAM (default: auto)")
+    p.add_argument("--boot-timeout", type=float, default=120.0, metavar="S")
+
+
+def _boot_request(args: argparse.Namespace, job: dict[str, object], **kw: object) -> BootRequest:
+    return BootRequest(
+        kernel=kern.resolve_kernel(args.kernel),
+        topology=Topology.parse(args.topology),
+        job=job,
+        accel=None if args.accel == "auto" else args.accel,
+        memory_mb=args.memory,
+        boot_timeout=args.boot_timeout,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    req = _boot_request(args, {"mode": "probe"}, name="probe")
+    print(
+        f"booting {req.kernel.version} at {req.topology} ({req.topology.cpus} vCPUs)...", flush=True
+    )
+    run = run_guest(req)
+    print(f"accelerator: {run.accel.describe()}; QEMU {run.qemu.version_str}")
+    for w in run.warnings:
+        print(f"kernel note: {w}")
+    t = run.timings
+    print(
+        f"kernel start +{t.kernel_start or 0:.2f}s, agent ready +{t.ready or 0:.2f}s, "
+        f"QEMU exit +{t.qemu_exit or 0:.2f}s"
+    )
+    seen = run.result("topology")
+    if seen is None:
+        print("FAIL: the guest sent no topology report", file=sys.stderr)
+        return 1
+    problems = topology_mismatches(req.topology, seen.data)
+    for p in problems:
+        print(f"  mismatch: {p}")
+    verdict = "PASS" if not problems else "FAIL"
+    print(
+        f"{verdict}: guest sees {req.topology.numa_nodes} NUMA node(s), {req.topology.llcs} "
+        f"LLC(s), {req.topology.cores} core(s), {req.topology.cpus} CPU(s)"
+        + ("" if not problems else " -- NOT as declared")
+    )
+    return 0 if not problems else 1
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    if args.exec:
+        req = _boot_request(args, {"mode": "exec", "command": args.exec}, name="exec")
+
+        def echo(kind: MessageKind, text: str) -> None:
+            stream = sys.stdout if kind is MessageKind.STDOUT else sys.stderr
+            stream.write(text)
+            stream.flush()
+
+        run = run_guest(req, on_text=echo)
+        return run.exit_code if run.exit_code is not None else 2
+    if not sys.stdin.isatty():
+        raise KtstrError(
+            "ktstr shell needs a terminal",
+            hint="use 'ktstr shell --exec CMD' to run a command without one",
+        )
+    req = _boot_request(args, {"mode": "shell"}, name="shell", interactive=True)
+    print("booting; the shell runs as root in the guest; 'exit' powers it off", flush=True)
+    run = run_guest(req)
+    return run.exit_code or 0
+
+
+def cmd_topologies(args: argparse.Namespace) -> int:
+    for p in PRESET_LIST:
+        t = p.topology
+        print(
+            f"{p.name:18} {t.name:11} {t.cpus:4} cpus  {t.llcs:2} llcs  {t.numa_nodes} nodes"
+            f"  {'smt' if t.smt else '   '}  {p.description}"
+        )
+    return 0
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    action = args.kernel_cmd
+    if action == "list":
+        entries = kern.cached_kernels()
+        if not entries:
+            print(f"no kernels cached in {kern.cache_root()}")
+        for e in entries:
+            k = kern.load_kernel(e)
+            print(f"{e.name:48} {k.version:12} {k.image.name}")
+        return 0
+    if action == "path":
+        print(kern.resolve_kernel(args.kernel).directory)
+        return 0
+    if action == "clean":
+        for e in kern.clean_cache(args.keep):
+            print(f"removed {e}")
+        return 0
+    if action == "import":
+        dest = kern.import_kernel(Path(args.dir))
+        k = kern.load_kernel(dest)
+        for w in kern.check_kernel(k):
+            print(f"note: lacks fragment option {w}")
+        print(dest)
+        return 0
+    if action == "check":
+        k = kern.resolve_kernel(args.kernel_path)
+        warnings = kern.check_kernel(k, strict=args.strict)
+        print(f"{k.image}: Linux {k.version}, usable by ktstr (sched_ext, BPF, BTF present)")
+        for w in warnings:
+            print(f"  note: lacks fragment option {w}")
+        return 0
+    if action == "build":
+        req = BuildRequest(
+            source=args.source,
+            ref=args.ref,
+            jobs=args.jobs,
+            schedulers=args.schedulers,
+            config_only=args.config_only,
+            force=args.force,
+        )
+        print(build_kernel(req))
+        return 0
+    raise AssertionError(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ktstr", description="test Linux schedulers in VMs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every subprocess")
+    parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("probe", help="boot a VM and verify the guest sees the declared topology")
+    _add_vm_args(p)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("shell", help="interactive shell in a VM, or --exec CMD")
+    _add_vm_args(p, "1n1l2c1t")
+    p.add_argument("--exec", metavar="CMD", help="run CMD in the guest; exit with its status")
+    p.set_defaults(func=cmd_shell)
+
+    p = sub.add_parser("topologies", help="list topology presets")
+    p.set_defaults(func=cmd_topologies)
+
+    k = sub.add_parser("kernel", help="build, import, check and cache kernels")
+    ks = k.add_subparsers(dest="kernel_cmd", required=True)
+    ks.add_parser("list", help="cached kernels, newest first")
+    kp = ks.add_parser("path", help="print the resolved kernel directory")
+    kp.add_argument("--kernel")
+    kc = ks.add_parser("clean", help="remove all but the newest N cached kernels")
+    kc.add_argument("--keep", type=int, default=1)
+    ki = ks.add_parser("import", help="adopt a prebuilt kernel directory into the cache")
+    ki.add_argument("dir")
+    kk = ks.add_parser("check", help="is this kernel usable by ktstr?")
+    kk.add_argument("kernel_path", nargs="?", metavar="KERNEL")
+    kk.add_argument("--strict", action="store_true", help="also require every fragment option")
+    kb = ks.add_parser("build", help="configure and build a kernel into the cache")
+    kb.add_argument("source", help="source tree, tarball (.tar.xz/.tar.gz/...), or git URL")
+    kb.add_argument("--ref", help="git ref to check out (with a git URL)")
+    kb.add_argument("-j", "--jobs", type=int, default=0, help="parallel jobs (default: nproc)")
+    kb.add_argument(
+        "--schedulers", action="store_true", help="also build tools/sched_ext example schedulers"
+    )
+    kb.add_argument(
+        "--config-only", action="store_true", help="stop after configuring and verifying .config"
+    )
+    kb.add_argument("--force", action="store_true", help="rebuild even if cached")
+    k.set_defaults(func=cmd_kernel)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        err: KtstrError = Interrupted("interrupted; VMs stopped and temporary files removed")
+        print(f"ktstr: {err}", file=sys.stderr)
+        return err.exit_code
+    except KtstrError as err:
+        if args.debug:
+            log.exception("error")
+        print(f"ktstr: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return err.exit_code

@@ -1,0 +1,225 @@
+"""Guest agent: PID 1 inside the VM. Imports only spec/ and protocol/.
+
+Boot: mount what the run needs, open the virtio-serial port, read the job
+the host left on the read-only run share, send SysReady, do the job, send
+Exit, power off. Any exception becomes a Crash frame before power-off, so
+the host always learns why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
+import json
+import os
+import subprocess
+import sys
+import termios
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ktstr.protocol.messages import Crash, Encoder, Exit, Lifecycle, MessageKind, TestResult
+
+PORT_NAME = "org.ktstr.0"
+RUN_TAG = "ktstr_run"
+RUN_MOUNT = "/run/ktstr"
+_LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+
+# (source, target, fstype, options); failures of optional ones are reported, not fatal.
+MOUNTS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("proc", "/proc", "proc", "", True),
+    ("sysfs", "/sys", "sysfs", "", True),
+    ("devtmpfs", "/dev", "devtmpfs", "mode=0755", True),
+    ("tmpfs", "/tmp", "tmpfs", "mode=1777", True),
+    ("tmpfs", "/run", "tmpfs", "mode=0755", True),
+    ("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666", False),
+    ("tmpfs", "/dev/shm", "tmpfs", "mode=1777", False),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", "nsdelegate", False),
+    ("debugfs", "/sys/kernel/debug", "debugfs", "", False),
+    ("tracefs", "/sys/kernel/tracing", "tracefs", "", False),
+    ("bpf", "/sys/fs/bpf", "bpf", "mode=0700", False),
+    (RUN_TAG, RUN_MOUNT, "9p", "trans=virtio,version=9p2000.L,ro", True),
+)
+
+
+class Port:
+    """The guest end of the message bus."""
+
+    def __init__(self, fd: BinaryIO) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.enc = Encoder()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self._fd.write(data)
+            self._fd.flush()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(src: str, target: str, fstype: str, opts: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    rc = _libc.mount(src.encode(), target.encode(), fstype.encode(), 0, opts.encode() or None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err == errno.EBUSY:  # already mounted (e.g. CONFIG_DEVTMPFS_MOUNT)
+            return
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def mount_all() -> list[str]:
+    failed: list[str] = []
+    for src, target, fstype, opts, required in MOUNTS:
+        try:
+            _mount(src, target, fstype, opts)
+        except OSError as exc:
+            if required:
+                raise
+            failed.append(str(exc))
+    return failed
+
+
+def open_port() -> BinaryIO:
+    for name_file in glob.glob("/sys/class/virtio-ports/*/name"):
+        if Path(name_file).read_text().strip() == PORT_NAME:
+            dev = "/dev/" + Path(name_file).parent.name
+            return open(dev, "wb", buffering=0)  # lives for the run
+    raise RuntimeError(f"virtio-serial port {PORT_NAME} not found in /sys/class/virtio-ports")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def guest_topology() -> dict[str, Any]:
+    """What the guest kernel believes the CPU topology is (from sysfs)."""
+    cpus: dict[str, dict[str, str]] = {}
+    for path in glob.glob("/sys/devices/system/cpu/cpu[0-9]*"):
+        cpu = path.rsplit("cpu", 1)[1]
+        cpus[cpu] = {
+            "core_cpus": _read(f"{path}/topology/core_cpus_list"),
+            "l3_cpus": _read(f"{path}/cache/index3/shared_cpu_list"),
+            "package": _read(f"{path}/topology/physical_package_id"),
+            "die": _read(f"{path}/topology/die_id"),
+        }
+    nodes = {
+        p.rsplit("node", 1)[1]: _read(f"{p}/cpulist")
+        for p in glob.glob("/sys/devices/system/node/node[0-9]*")
+    }
+    return {"online": _read("/sys/devices/system/cpu/online"), "cpus": cpus, "nodes": nodes}
+
+
+def _pump(stream: BinaryIO, port: Port, kind: MessageKind) -> None:
+    while chunk := stream.read1(16384):  # type: ignore[attr-defined]
+        port.send(port.enc.text(kind, chunk))
+
+
+def run_exec(port: Port, command: str) -> int:
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/tmp"
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, port, MessageKind.STDOUT)),
+        threading.Thread(target=_pump, args=(proc.stderr, port, MessageKind.STDERR)),
+    ]
+    for t in pumps:
+        t.start()
+    code = proc.wait()
+    for t in pumps:
+        t.join()
+    return code
+
+
+def run_shell() -> int:
+    """An interactive shell on the serial console, as its controlling tty."""
+    shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        fd = os.open("/dev/ttyS0", os.O_RDWR)
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        for target in (0, 1, 2):
+            os.dup2(fd, target)
+        os.chdir("/tmp")
+        os.execv(shell, [shell, "-i"])
+    while True:
+        wpid, status = os.wait()
+        if wpid == pid:
+            return os.waitstatus_to_exitcode(status)
+
+
+def do_job(port: Port, job: dict[str, Any]) -> int:
+    mode = job.get("mode", "probe")
+    if mode == "probe":
+        port.send(port.enc.message(TestResult(name="topology", passed=True, data=guest_topology())))
+        return 0
+    if mode == "exec":
+        return run_exec(port, str(job["command"]))
+    if mode == "shell":
+        return run_shell()
+    raise ValueError(f"unknown job mode {mode!r}")
+
+
+def power_off() -> None:
+    os.sync()
+    _libc.reboot(_LINUX_REBOOT_CMD_POWER_OFF)
+    # Only reached if reboot() failed; PID 1 exiting panics, which with
+    # panic=-1 and -no-reboot also ends QEMU.
+    os._exit(1)
+
+
+def main() -> None:
+    os.environ.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    os.environ["PATH"] = os.environ["PATH"] or "/usr/bin:/bin"
+    port: Port | None = None
+    code = 1
+    try:
+        failed_mounts = mount_all()
+        port = Port(open_port())
+        job = json.loads(Path(RUN_MOUNT, "job.json").read_text())
+        port.send(port.enc.sys_ready())
+        uptime = float(_read("/proc/uptime").split()[0])
+        port.send(
+            port.enc.message(
+                Lifecycle(
+                    phase="ready",
+                    detail={
+                        "uptime_s": uptime,
+                        "mount_warnings": failed_mounts,
+                        "kernel": os.uname().release,
+                    },
+                )
+            )
+        )
+        code = do_job(port, job)
+    except BaseException as exc:
+        tb = traceback.format_exc()
+        print(f"ktstr agent: {exc!r}\n{tb}", file=sys.stderr, flush=True)
+        if port is not None:
+            with contextlib.suppress(OSError):
+                port.send(port.enc.message(Crash(error=repr(exc), traceback=tb)))
+        code = 1 if not isinstance(exc, SystemExit) else int(exc.code or 0)
+    finally:
+        if port is not None:
+            try:
+                port.send(port.enc.message(Exit(code=code)))
+                time.sleep(0.05)  # let virtio-serial drain before power-off
+            except OSError:
+                pass
+        power_off()
+
+
+if __name__ == "__main__":
+    main()

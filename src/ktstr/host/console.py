@@ -1,0 +1,63 @@
+"""Drain the guest serial console into a file; keep a tail and spot panics."""
+
+from __future__ import annotations
+
+import collections
+import re
+import threading
+from pathlib import Path
+from typing import IO
+
+#: Console lines that mean the guest kernel is going down.
+PANIC_RE = re.compile(
+    rb"Kernel panic - not syncing|Oops: |BUG: kernel NULL pointer|general protection fault"
+)
+
+
+class Console:
+    """Owns a reader thread over QEMU's stdout (the guest's ttyS0)."""
+
+    def __init__(self, stream: IO[bytes], path: Path, *, tail_lines: int = 200) -> None:
+        self._stream = stream
+        self.path = path
+        self._tail: collections.deque[bytes] = collections.deque(maxlen=tail_lines)
+        self._partial = b""
+        self._lock = threading.Lock()
+        self.panic = threading.Event()
+        self.panic_line = ""
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ktstr-console", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self.path.open("ab") as out:
+                while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
+                    out.write(chunk)
+                    out.flush()
+                    self._absorb(chunk)
+        except (OSError, ValueError) as exc:  # ValueError: stream closed under us
+            self.error = exc
+
+    def _absorb(self, chunk: bytes) -> None:
+        with self._lock:
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()[-4096:]
+            for raw in lines:
+                line = raw.rstrip(b"\r")
+                self._tail.append(line)
+                if not self.panic.is_set() and PANIC_RE.search(line):
+                    self.panic_line = line.decode(errors="replace").strip()
+                    self.panic.set()
+
+    def tail(self, lines: int = 40) -> str:
+        with self._lock:
+            rows = list(self._tail)[-lines:]
+            if self._partial:
+                rows.append(self._partial)
+        return "\n".join(r.decode(errors="replace") for r in rows)
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)

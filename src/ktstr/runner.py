@@ -1,0 +1,259 @@
+"""Phases of one guest run: prepare -> boot -> drive frames -> result.
+
+This is where host, protocol and coordinator meet. ``run_guest`` boots a VM
+for a job (a JSON dict the guest agent reads), drives the coordinator over
+the frame stream, performs its actions (QMP freeze/capture, kill), and
+returns what came back, or raises a VmError subclass carrying the evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ktstr.errors import (
+    AgentCrashError,
+    BootTimeoutError,
+    GuestLostError,
+    GuestPanicError,
+    TopologyError,
+    VmError,
+)
+from ktstr.host.coordinator import Capture, Coordinator, Exited, Expired, Kill, Ready, TimeoutKind
+from ktstr.host.kernel import Kernel, check_kernel
+from ktstr.host.qemu import AccelChoice, QemuInfo, choose_accel, find_qemu
+from ktstr.host.qemu_argv import VmSpec
+from ktstr.host.vm import Vm
+from ktstr.protocol.frames import Frame, encode_frame
+from ktstr.protocol.messages import (
+    TEXT_KINDS,
+    Crash,
+    Lifecycle,
+    MessageKind,
+    SnapshotReply,
+    TestResult,
+    decode_payload,
+)
+from ktstr.spec.topology import Topology
+
+log = logging.getLogger(__name__)
+
+TextSink = Callable[[MessageKind, str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BootRequest:
+    kernel: Kernel
+    topology: Topology
+    job: dict[str, Any]
+    accel: str | None = None
+    memory_mb: int = 0
+    boot_timeout: float = 120.0
+    idle_timeout: float = 300.0
+    interactive: bool = False
+    name: str = "vm"
+
+
+@dataclass(slots=True)
+class Timings:
+    """Host monotonic seconds relative to QEMU launch."""
+
+    kernel_start: float | None = None  # estimated from the guest's uptime at ready
+    ready: float | None = None
+    exit_frame: float | None = None
+    qemu_exit: float | None = None
+    closed: float | None = None
+
+
+@dataclass(slots=True)
+class GuestRun:
+    accel: AccelChoice
+    qemu: QemuInfo
+    exit_code: int | None = None
+    results: list[TestResult] = field(default_factory=list)
+    lifecycle: list[Lifecycle] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)
+
+    def result(self, name: str) -> TestResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+
+_ACCEL_MEMO: dict[tuple[str, str, str | None], AccelChoice] = {}
+
+
+def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]:
+    """Validate everything before anything is started."""
+    warnings = check_kernel(req.kernel)
+    nr = req.kernel.nr_cpus
+    if nr is not None and req.topology.cpus > nr:
+        raise TopologyError(
+            f"topology {req.topology} needs {req.topology.cpus} CPUs but kernel "
+            f"{req.kernel.version} was built with CONFIG_NR_CPUS={nr}",
+            hint="pick a smaller topology or build a kernel with 'ktstr kernel build'",
+        )
+    qemu = find_qemu()
+    key = (qemu.binary, str(req.kernel.image), req.accel)
+    if key not in _ACCEL_MEMO:
+        _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
+    accel = _ACCEL_MEMO[key]
+    spec = VmSpec(
+        kernel=req.kernel.image,
+        topology=req.topology,
+        run_dir=Path("/nonexistent"),  # the Vm fills in its own run dir
+        init=(sys.executable, "-m", "ktstr.guest.agent"),
+        qemu=qemu.binary,
+        qemu_version=qemu.version,
+        accel=accel.accel,
+        tcg_multithread=accel.tcg_multithread,
+        memory_mb=req.memory_mb,
+        interactive=req.interactive,
+    )
+    return spec, accel, qemu, warnings
+
+
+def run_guest(req: BootRequest, on_text: TextSink | None = None) -> GuestRun:
+    spec, accel, qemu, warnings = prepare(req)
+    log.info("accelerator: %s", accel.describe())
+    out = GuestRun(accel=accel, qemu=qemu, warnings=warnings)
+    with Vm(spec, req.job, name=req.name) as vm:
+        _drive(vm, req, out, on_text)
+        out.timings.closed = None
+    return out
+
+
+def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) -> None:
+    t0 = vm.launched_at
+    coord = Coordinator(
+        started=t0,
+        boot_timeout=req.boot_timeout,
+        idle_timeout=float("inf") if req.interactive else req.idle_timeout,
+    )
+    assert vm.channel is not None
+    frames = vm.channel.frames
+    while True:
+        now = time.monotonic()
+        if vm.console is not None and vm.console.panic.is_set():
+            raise GuestPanicError(
+                f"guest kernel panicked: {vm.console.panic_line}",
+                argv=vm.argv,
+                console_tail=_settle_tail(vm),
+                hint="the console log has the full trace",
+            )
+        for action in coord.tick(now):
+            _act(vm, out, action, t0, now)
+        try:
+            frame = frames.get(timeout=min(0.25, coord.next_wakeup(now) + 0.01))
+        except queue.Empty:
+            if vm.exited():
+                break
+            continue
+        if frame is None:  # channel EOF: QEMU closed the port (it exited)
+            break
+        now = time.monotonic()
+        _observe(frame, out, on_text, now - t0)
+        for action in coord.handle(frame, now):
+            _act(vm, out, action, t0, now)
+        if coord.state.exit_code is not None:
+            break
+    _finish(vm, out, coord, t0)
+
+
+def _settle_tail(vm: Vm) -> str:
+    time.sleep(0.3)  # let the rest of the panic message arrive
+    return vm.console_tail()
+
+
+def _observe(frame: Frame, out: GuestRun, on_text: TextSink | None, rel: float) -> None:
+    if not frame.crc_ok:
+        return
+    try:
+        msg = decode_payload(frame.kind, frame.payload)
+    except Exception:
+        return
+    if frame.kind in TEXT_KINDS and isinstance(msg, str) and on_text is not None:
+        on_text(MessageKind(frame.kind), msg)
+    elif isinstance(msg, TestResult):
+        out.results.append(msg)
+    elif isinstance(msg, Lifecycle):
+        out.lifecycle.append(msg)
+        if msg.phase == "ready" and isinstance(msg.detail.get("uptime_s"), int | float):
+            out.timings.kernel_start = rel - float(msg.detail["uptime_s"])
+    elif isinstance(msg, Crash):
+        raise AgentCrashError(f"guest agent crashed: {msg.error}", traceback_text=msg.traceback)
+
+
+def _act(vm: Vm, out: GuestRun, action: object, t0: float, now: float) -> None:
+    if isinstance(action, Ready):
+        out.timings.ready = now - t0
+    elif isinstance(action, Exited):
+        out.exit_code = action.code
+        out.timings.exit_frame = now - t0
+    elif isinstance(action, Kill):
+        log.warning("scheduler exited: %s", action.sched_exit.reason)
+    elif isinstance(action, Capture):
+        out.snapshots.append(_capture(vm, action, now - t0))
+    elif isinstance(action, Expired):
+        cls = BootTimeoutError if action.kind is TimeoutKind.BOOT_TIMEOUT else GuestLostError
+        raise cls(
+            f"{action.kind.value}: {action.message}",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+            hint="raise --boot-timeout if the host is slow (TCG), else see the console log",
+        )
+
+
+def _capture(vm: Vm, action: Capture, rel: float) -> dict[str, Any]:
+    """Freeze the guest, capture vCPU registers, resume, reply if asked."""
+    assert vm.qmp is not None
+    snap: dict[str, Any] = {"at_s": rel, "periodic": action.periodic}
+    vm.qmp.stop()
+    try:
+        snap["registers"] = vm.qmp.registers()
+    finally:
+        vm.qmp.cont()
+    if action.request is not None and vm.channel is not None:
+        snap["request_id"] = action.request.request_id
+        reply = SnapshotReply(request_id=action.request.request_id, status=0)
+        vm.channel.send(encode_frame(reply.KIND, reply.to_bytes()))
+    return snap
+
+
+def _finish(vm: Vm, out: GuestRun, coord: Coordinator, t0: float) -> None:
+    try:
+        vm.wait(timeout=15.0)
+    except Exception:
+        log.warning("guest did not power off after Exit; stopping QEMU")
+        vm.shutdown()
+    out.timings.qemu_exit = time.monotonic() - t0
+    if vm.channel is not None and vm.channel.error is not None:
+        raise GuestLostError(
+            f"channel reader failed: {vm.channel.error}",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+        ) from vm.channel.error
+    if vm.console is not None and vm.console.panic.is_set():
+        raise GuestPanicError(
+            f"guest kernel panicked: {vm.console.panic_line}",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+        )
+    if coord.state.ready_at is None:
+        raise VmError(
+            "QEMU exited before the guest agent was ready",
+            argv=vm.argv,
+            console_tail=vm.console_tail() or vm.qemu_stderr(),
+        )
+    if out.exit_code is None:
+        raise GuestLostError(
+            "guest went away without reporting an exit code",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+        )

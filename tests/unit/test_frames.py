@@ -1,0 +1,189 @@
+import os
+import random
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ktstr.protocol.frames import (
+    HEADER_SIZE,
+    MAGIC,
+    Frame,
+    FrameDecoder,
+    decode_all,
+    encode_frame,
+)
+from ktstr.protocol.messages import (
+    Encoder,
+    Exit,
+    Lifecycle,
+    MessageKind,
+    SchedExit,
+    SnapshotRequest,
+    Stimulus,
+)
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def sample_stream() -> tuple[bytes, list[Frame]]:
+    enc = Encoder()
+    parts = [
+        enc.sys_ready(),
+        enc.message(Lifecycle(phase="ready", detail={"uptime_s": 1.5})),
+        enc.text(MessageKind.STDOUT, "hello\n" * 40),
+        enc.message(Stimulus(t_ms=12.5, op="add_cgroup", detail={"name": "cg0"})),
+        enc.message(SnapshotRequest(request_id=7, capture=1)),
+        enc.message(SchedExit(exit_kind="error", reason="scx_bpf_error", dump="x" * 3000)),
+        enc.message(Exit(code=0)),
+    ]
+    frames = []
+    for raw in parts:
+        kind, seq, _length = struct.unpack_from("<HII", raw, 6)
+        frames.append(Frame(kind, seq, raw[HEADER_SIZE:], True))
+    return b"".join(parts), frames
+
+
+def test_wire_format_is_pinned():
+    raw = encode_frame(MessageKind.SYS_READY, b"", seq=1)
+    assert raw.hex() == (DATA / "sys_ready_seq1.hex").read_text().strip()
+    assert raw[:4] == MAGIC and len(raw) == HEADER_SIZE == 24
+
+
+def test_golden_stream_decodes():
+    stream, frames = sample_stream()
+    golden = DATA / "stream.bin"
+    if os.environ.get("KTSTR_REGEN_GOLDEN"):
+        golden.write_bytes(stream)
+    assert golden.read_bytes() == stream
+    assert decode_all(stream) == frames
+
+
+def test_split_at_every_offset():
+    stream, frames = sample_stream()
+    for cut in range(len(stream) + 1):
+        dec = FrameDecoder()
+        got = dec.feed(stream[:cut]) + dec.feed(stream[cut:]) + dec.finish()
+        assert got == frames, cut
+
+
+def test_byte_by_byte():
+    stream, frames = sample_stream()
+    dec = FrameDecoder()
+    got = [f for b in stream for f in dec.feed(bytes([b]))]
+    assert got == frames
+
+
+def test_oversized_length_is_skipped_not_buffered():
+    dec = FrameDecoder(max_payload=1024)
+    huge = encode_frame(MessageKind.STDOUT, b"a" * 4096, 1)
+    good = encode_frame(MessageKind.EXIT, b'{"code":0}', 2)
+    got = dec.feed(huge + good) + dec.finish()
+    assert dec.stats.oversized == 1
+    assert [f.kind for f in got if f.crc_ok] == [MessageKind.EXIT]
+
+
+def test_torn_frame_is_flagged_and_following_frame_recovered():
+    a = encode_frame(MessageKind.STDOUT, b"x" * 100, 1)
+    b = encode_frame(MessageKind.EXIT, b'{"code":3}', 2)
+    torn = a[: HEADER_SIZE + 10]  # writer died mid-payload, then b follows
+    got = decode_all(torn + b)
+    assert any(f.kind == MessageKind.STDOUT and not f.crc_ok for f in got)
+    assert [f for f in got if f.crc_ok] == [Frame(MessageKind.EXIT, 2, b'{"code":3}', True)]
+
+
+def test_bad_header_crc_resyncs():
+    a = bytearray(encode_frame(MessageKind.STDOUT, b"abc", 1))
+    a[10] ^= 0xFF  # corrupt the length field: header CRC catches it
+    b = encode_frame(MessageKind.STDOUT, b"def", 2)
+    dec = FrameDecoder()
+    got = dec.feed(bytes(a) + b) + dec.finish()
+    assert [f.payload for f in got if f.crc_ok] == [b"def"]
+    assert dec.stats.bad_headers == 1
+
+
+def test_payload_bitflip_marks_crc_bad():
+    raw = bytearray(encode_frame(MessageKind.SCHED_EXIT, b'{"reason":"x"}', 1))
+    raw[-2] ^= 0x01
+    (frame,) = [f for f in decode_all(bytes(raw)) if f.kind == MessageKind.SCHED_EXIT]
+    assert not frame.crc_ok
+
+
+frames_st = st.lists(
+    st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=300)), min_size=0, max_size=8
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    garbage=st.lists(st.binary(max_size=200), min_size=1, max_size=9),
+    frames=frames_st,
+    seed=st.integers(0, 2**32),
+)
+def test_fuzz_intact_frames_survive_garbage(garbage, frames, seed):
+    """Frames interleaved with random garbage, random chunking: every intact
+    frame is recovered, in order, and nothing raises."""
+    rnd = random.Random(seed)
+    stream = bytearray()
+    expected = []
+    for i, (kind, payload) in enumerate(frames):
+        stream += garbage[i % len(garbage)]
+        stream += encode_frame(kind, payload, i + 1)
+        expected.append(Frame(kind, i + 1, payload, True))
+    stream += garbage[-1]
+    dec = FrameDecoder(max_payload=4096)
+    got = []
+    pos = 0
+    while pos < len(stream):
+        n = rnd.randint(1, 64)
+        got += dec.feed(bytes(stream[pos : pos + n]))
+        pos += n
+        assert dec.buffered <= 4096 + HEADER_SIZE + 64
+    got += dec.finish()
+    intact = [f for f in got if f.crc_ok]
+    # garbage may by chance contain a valid frame; ours must appear in order
+    it = iter(intact)
+    assert all(any(g == e for g in it) for e in expected)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2000), st.integers(1, 97))
+def test_fuzz_random_bytes_never_raise_and_stay_bounded(data, chunk):
+    dec = FrameDecoder(max_payload=512)
+    for i in range(0, len(data), chunk):
+        dec.feed(data[i : i + chunk])
+        assert dec.buffered <= 512 + HEADER_SIZE + chunk
+    dec.finish()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    frames=frames_st, flips=st.lists(st.integers(0, 10**6), max_size=5), cut=st.integers(0, 10**6)
+)
+def test_fuzz_bitflips_and_truncation(frames, flips, cut):
+    stream = bytearray(b"".join(encode_frame(k, p, i) for i, (k, p) in enumerate(frames)))
+    for f in flips:
+        if stream:
+            stream[f % len(stream)] ^= 1 << (f % 8)
+    if stream:
+        del stream[cut % len(stream) :]
+    originals = {(k, i, p) for i, (k, p) in enumerate(frames)}
+    for frame in decode_all(bytes(stream)):
+        if frame.crc_ok:  # damage never yields a "valid" frame nobody sent
+            assert (frame.kind, frame.seq, frame.payload) in originals
+
+
+def test_flooding_garbage_without_magic_keeps_memory_flat():
+    dec = FrameDecoder()
+    for _ in range(200):
+        dec.feed(b"\x00" * 65536)
+        assert dec.buffered < 8
+    assert dec.stats.garbage_bytes >= 200 * 65536 - 8
+
+
+@pytest.mark.parametrize("kind", [-1, 0x10000])
+def test_encode_rejects_bad_kind(kind):
+    with pytest.raises(ValueError):
+        encode_frame(kind, b"")

@@ -1,0 +1,54 @@
+"""The dependency rules of ../shared/STYLE.md, enforced by walking imports."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).parents[2] / "src" / "ktstr"
+
+# package -> ktstr packages it may import (besides itself)
+ALLOWED = {
+    "spec": {"errors"},
+    "protocol": set(),
+    "guest": {"spec", "protocol"},
+    "host": {"spec", "protocol", "errors"},
+    "evaluate": {"spec", "protocol", "errors"},
+}
+
+
+def ktstr_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "ktstr" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_follow_the_rules(package):
+    for path in (SRC / package).rglob("*.py"):
+        bad = ktstr_imports(path) - ALLOWED[package] - {package}
+        assert not bad, f"{path.relative_to(SRC)} imports ktstr.{bad}"
+
+
+def test_pure_layers_import_only_stdlib():
+    import sys
+
+    for package in ("spec", "protocol"):
+        for path in (SRC / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    mod = node.names[0].name if isinstance(node, ast.Import) else node.module
+                    if mod and node.col_offset >= 0 and getattr(node, "level", 0) == 0:
+                        top = mod.split(".")[0]
+                        assert top in sys.stdlib_module_names or top in ("ktstr", "__future__"), (
+                            f"{path.name} imports {mod}"
+                        )
