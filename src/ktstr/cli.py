@@ -32,16 +32,25 @@ def _add_vm_args(p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--memory", type=int, default=0, metavar="MB", help="guest RAM (default: auto)")
     p.add_argument("--boot-timeout", type=float, default=120.0, metavar="S")
+    p.add_argument(
+        "--append",
+        action="append",
+        default=[],
+        metavar="PARAM",
+        help="extra kernel command line parameter (repeatable)",
+    )
 
 
 def _boot_request(args: argparse.Namespace, job: dict[str, object], **kw: object) -> BootRequest:
+    topology = Topology.parse(args.topology)  # cheap input first
     return BootRequest(
         kernel=kern.resolve_kernel(args.kernel),
-        topology=Topology.parse(args.topology),
+        topology=topology,
         job=job,
         accel=None if args.accel == "auto" else args.accel,
         memory_mb=args.memory,
         boot_timeout=args.boot_timeout,
+        cmdline_extra=tuple(args.append),
         **kw,  # type: ignore[arg-type]
     )
 

@@ -57,6 +57,8 @@ class BootRequest:
     boot_timeout: float = 120.0
     idle_timeout: float = 300.0
     interactive: bool = False
+    #: Extra kernel command line parameters (appended last, so they win).
+    cmdline_extra: tuple[str, ...] = ()
     name: str = "vm"
 
 
@@ -115,6 +117,7 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
         tcg_multithread=accel.tcg_multithread,
         memory_mb=req.memory_mb,
         interactive=req.interactive,
+        cmdline_extra=req.cmdline_extra,
     )
     return spec, accel, qemu, warnings
 

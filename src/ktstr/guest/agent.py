@@ -15,6 +15,7 @@ import fcntl
 import glob
 import json
 import os
+import select
 import subprocess
 import sys
 import termios
@@ -24,7 +25,18 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ktstr.protocol.messages import Crash, Encoder, Exit, Lifecycle, MessageKind, TestResult
+from ktstr.protocol.frames import FrameDecoder
+from ktstr.protocol.messages import (
+    CaptureKind,
+    Crash,
+    Encoder,
+    Exit,
+    Lifecycle,
+    MessageKind,
+    SnapshotReply,
+    SnapshotRequest,
+    TestResult,
+)
 
 PORT_NAME = "org.ktstr.0"
 RUN_TAG = "ktstr_run"
@@ -49,17 +61,35 @@ MOUNTS: tuple[tuple[str, str, str, str, bool], ...] = (
 
 
 class Port:
-    """The guest end of the message bus."""
+    """The guest end of the message bus (both directions)."""
 
     def __init__(self, fd: BinaryIO) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self.enc = Encoder()
+        self._dec = FrameDecoder()
 
     def send(self, data: bytes) -> None:
         with self._lock:
             self._fd.write(data)
             self._fd.flush()
+
+    def request_snapshot(self, request_id: int, capture: CaptureKind, timeout: float) -> int:
+        """Ask the host to freeze and capture; block until its reply.
+        Returns the reply status (0 = captured)."""
+        self.send(self.enc.message(SnapshotRequest(request_id=request_id, capture=capture)))
+        deadline = time.monotonic() + timeout
+        fd = self._fd.fileno()
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for frame in self._dec.feed(os.read(fd, 4096)):
+                if frame.crc_ok and frame.kind == MessageKind.SNAPSHOT_REPLY:
+                    reply = SnapshotReply.from_bytes(frame.payload)
+                    if reply.request_id == request_id:
+                        return reply.status
+        raise TimeoutError(f"no snapshot reply for request {request_id} in {timeout}s")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,7 +121,7 @@ def open_port() -> BinaryIO:
     for name_file in glob.glob("/sys/class/virtio-ports/*/name"):
         if Path(name_file).read_text().strip() == PORT_NAME:
             dev = "/dev/" + Path(name_file).parent.name
-            return open(dev, "wb", buffering=0)  # lives for the run
+            return open(dev, "r+b", buffering=0)  # lives for the run
     raise RuntimeError(f"virtio-serial port {PORT_NAME} not found in /sys/class/virtio-ports")
 
 
@@ -169,6 +199,12 @@ def do_job(port: Port, job: dict[str, Any]) -> int:
         return run_exec(port, str(job["command"]))
     if mode == "shell":
         return run_shell()
+    if mode == "snapshot":
+        t0 = time.monotonic()
+        status = port.request_snapshot(1, CaptureKind.REGISTERS, timeout=60.0)
+        data = {"status": status, "round_trip_s": time.monotonic() - t0}
+        port.send(port.enc.message(TestResult(name="snapshot", passed=status == 0, data=data)))
+        return 0 if status == 0 else 1
     raise ValueError(f"unknown job mode {mode!r}")
 
 

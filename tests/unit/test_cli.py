@@ -1,0 +1,86 @@
+"""CLI failure paths that need no VM: one line with a hint, exit code 2."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from ktstr.cli import main
+from ktstr.host import kconfig
+
+GOOD = "\n".join(
+    ["# Linux/x86 6.12.1 Kernel Configuration"] + [f"{o}=y" for o in kconfig.RUN_REQUIRED]
+)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("KTSTR_KERNEL", raising=False)
+    monkeypatch.delenv("KTSTR_QEMU", raising=False)
+    return tmp_path
+
+
+def kernel_dir(path: Path, config: str) -> Path:
+    path.mkdir()
+    (path / "bzImage").write_bytes(b"\x00")
+    (path / "config").write_text(config)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_bad_topology(env, capsys):
+    code, err = run(capsys, "probe", "--topology", "2n3l2c1t", "--kernel", str(env))
+    assert code == 2
+    first, hint = err.strip().splitlines()
+    assert first.startswith("ktstr: error: topology 2n3l2c1t: llcs (3) must be a multiple")
+    assert hint.startswith("hint: ")
+
+
+def test_no_kernel(env, capsys):
+    code, err = run(capsys, "probe")
+    assert code == 2 and "no kernel" in err and "ktstr kernel build" in err
+    assert "Traceback" not in err
+
+
+def test_kernel_without_sched_ext(env, capsys):
+    k = kernel_dir(env / "k", GOOD.replace("CONFIG_SCHED_CLASS_EXT=y", ""))
+    code, err = run(capsys, "probe", "--kernel", str(k))
+    assert code == 2 and "missing: CONFIG_SCHED_CLASS_EXT" in err and "hint:" in err
+
+
+def test_qemu_missing(env, capsys, monkeypatch):
+    monkeypatch.setenv("KTSTR_QEMU", "/nonexistent/qemu-system-x86_64")
+    code, err = run(capsys, "probe", "--kernel", str(kernel_dir(env / "k", GOOD)))
+    assert code == 2 and "QEMU not found" in err and "scripts/setup" in err
+
+
+def test_qemu_too_old(env, capsys, monkeypatch):
+    fake = env / "qemu-old"
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian)'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("KTSTR_QEMU", str(fake))
+    code, err = run(capsys, "probe", "--kernel", str(kernel_dir(env / "k", GOOD)))
+    assert code == 2 and "QEMU 6.2.0" in err and "too old" in err
+
+
+def test_kernel_check_and_list(env, capsys):
+    k = kernel_dir(env / "k", GOOD)
+    assert main(["kernel", "check", str(k)]) == 0
+    assert "usable by ktstr" in capsys.readouterr().out
+    assert main(["kernel", "check", "--strict", str(k)]) == 2
+    assert main(["kernel", "list"]) == 0
+    assert "no kernels cached" in capsys.readouterr().out
+
+
+def test_topologies_lists_presets(capsys):
+    assert main(["topologies"]) == 0
+    out = capsys.readouterr().out
+    assert "huge-14llc" in out and "2n14l9c2t" in out and len(out.splitlines()) >= 24

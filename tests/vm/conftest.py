@@ -1,0 +1,65 @@
+"""Fixtures for tests that boot real kernels. They skip only when the host
+truly lacks something, and say what."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ktstr.errors import KtstrError
+from ktstr.host.kernel import Kernel, resolve_kernel
+from ktstr.host.qemu import QemuInfo, find_qemu
+
+
+@pytest.fixture(scope="session")
+def qemu() -> QemuInfo:
+    try:
+        return find_qemu()
+    except KtstrError as exc:
+        pytest.skip(f"host lacks QEMU: {exc} (run ./scripts/setup)")
+
+
+@pytest.fixture(scope="session")
+def kernel(qemu: QemuInfo) -> Kernel:
+    try:
+        return resolve_kernel(None)
+    except KtstrError as exc:
+        pytest.skip(f"host lacks a sched_ext kernel: {exc} (run ./scripts/setup)")
+
+
+def qemu_processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and text.encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def qemu_pids():
+    """qemu_pids(text) -> PIDs of QEMU processes whose command line has text."""
+    return qemu_processes_mentioning
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Private TMPDIR and results dir; afterwards nothing may be left behind:
+    no temp dir, no socket, no QEMU process."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("KTSTR_RESULTS", str(tmp_path / "results"))
+    yield tmp_path
+    assert os.listdir(tmp) == [], f"left behind in TMPDIR: {os.listdir(tmp)}"
+    assert qemu_processes_mentioning(str(tmp)) == [], "QEMU still running"

@@ -1,0 +1,45 @@
+"""Boot the shared sched_ext kernel at declared topologies and check what the
+guest sees, from its own sysfs."""
+
+from __future__ import annotations
+
+import pytest
+
+from ktstr.evaluate.topology import topology_mismatches
+from ktstr.runner import BootRequest, run_guest
+from ktstr.spec.topology import Topology
+
+SHAPES = {
+    "1n2l2c1t": "2 LLCs in 1 node",
+    "2n4l2c1t": "2 NUMA nodes with 2 LLCs each",
+    "1n1l2c2t": "SMT 2",
+    "2n4l2c2t": "16 vCPUs: NUMA + LLCs + SMT",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_guest_sees_declared_topology(kernel, isolated, shape):
+    topo = Topology.parse(shape)
+    run = run_guest(BootRequest(kernel=kernel, topology=topo, job={"mode": "probe"}))
+    seen = run.result("topology")
+    assert seen is not None, "the guest sent no topology report"
+    assert topology_mismatches(topo, seen.data) == []
+    assert len(seen.data["cpus"]) == topo.cpus
+    assert len(seen.data["nodes"]) == topo.numa_nodes
+    assert len({c["l3_cpus"] for c in seen.data["cpus"].values()}) == topo.llcs
+    # the agent said SysReady over the virtio-serial port, then exited cleanly
+    assert run.timings.ready is not None and run.exit_code == 0
+    assert run.timings.kernel_start is not None
+    assert 0 < run.timings.kernel_start < run.timings.ready < run.timings.qemu_exit
+
+
+def test_snapshot_request_freezes_captures_and_replies(kernel, isolated):
+    run = run_guest(
+        BootRequest(kernel=kernel, topology=Topology.parse("1n1l2c1t"), job={"mode": "snapshot"})
+    )
+    (snap,) = run.snapshots
+    assert snap["request_id"] == 1
+    assert "RIP=" in snap["registers"] and "CPU#1" in snap["registers"]
+    result = run.result("snapshot")
+    assert result is not None and result.passed and result.data["status"] == 0
+    assert run.exit_code == 0

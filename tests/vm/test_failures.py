@@ -1,0 +1,125 @@
+"""Failure paths with a real VM: each gives one clear error, keeps evidence
+where a run failed, and leaves no QEMU, socket or temp dir behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ktstr
+from ktstr.errors import BootTimeoutError, GuestPanicError
+from ktstr.runner import BootRequest, run_guest
+from ktstr.spec.topology import Topology
+
+ONE = Topology.parse("1n1l2c1t")
+
+
+def run_cli(*args: str, env: dict[str, str], **kw) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ktstr", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def test_exec_returns_status_and_output(kernel, isolated):
+    proc = run_cli(
+        "shell",
+        "--exec",
+        "echo hello-from-guest; uname -r; echo oops >&2; exit 7",
+        env={"TMPDIR": str(isolated / "tmp")},
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 7, err
+    assert "hello-from-guest" in out and kernel.version in out
+    assert "oops" in err
+
+
+def test_guest_cannot_write_to_host(kernel, isolated):
+    # /tmp is the guest's own tmpfs; the package dir is the host's, via the share
+    target = Path(ktstr.__file__).parent / "written-by-guest"
+    proc = run_cli(
+        "shell", "--exec", f"touch {target} && echo WROTE", env={"TMPDIR": str(isolated / "tmp")}
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "WROTE" not in out
+    assert "Read-only file system" in err
+    assert not target.exists()
+
+
+def test_guest_kernel_panic_is_reported_with_console_tail(kernel, isolated):
+    req = BootRequest(
+        kernel=kernel, topology=ONE, job={"mode": "exec", "command": "echo c > /proc/sysrq-trigger"}
+    )
+    with pytest.raises(GuestPanicError) as exc:
+        run_guest(req)
+    text = str(exc.value)
+    assert "guest kernel panicked" in text and "sysrq" in text.lower()
+    assert exc.value.artifacts is not None
+    assert (exc.value.artifacts / "console.log").read_text().count("Kernel panic") >= 1
+    assert (exc.value.artifacts / "qemu.argv").is_file()
+    assert (exc.value.artifacts / "frames.bin").is_file()
+
+
+def test_boot_timeout(kernel, isolated):
+    req = BootRequest(kernel=kernel, topology=ONE, job={"mode": "probe"}, boot_timeout=0.5)
+    with pytest.raises(BootTimeoutError) as exc:
+        run_guest(req)
+    assert "boot_timeout" in str(exc.value) and "--boot-timeout" in exc.value.hint
+    assert exc.value.artifacts is not None and exc.value.artifacts.is_dir()
+
+
+def test_boot_timeout_from_cli_is_one_line_and_no_traceback(kernel, isolated):
+    proc = run_cli(
+        "probe",
+        "--topology",
+        "1n1l2c1t",
+        "--boot-timeout",
+        "0.5",
+        env={"TMPDIR": str(isolated / "tmp"), "KTSTR_RESULTS": str(isolated / "res")},
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.startswith("ktstr: error: boot_timeout: guest not ready")
+    assert "Traceback" not in err and "hint:" in err
+
+
+def test_ctrl_c_during_boot_cleans_up(kernel, isolated, qemu_pids):
+    tmp = isolated / "tmp"
+    proc = run_cli(
+        "probe",
+        "--topology",
+        "1n2l2c1t",
+        env={"TMPDIR": str(tmp), "KTSTR_RESULTS": str(isolated / "res")},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not qemu_pids(str(tmp)):  # wait until QEMU is up
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert qemu_pids(str(tmp)) == []
+    assert os.listdir(tmp) == []
+    assert not (isolated / "res").exists()  # Ctrl-C is not a failed run: no evidence dir
+
+
+def test_topology_beyond_kernel_nr_cpus_fails_before_boot(kernel, isolated):
+    if kernel.nr_cpus is None or kernel.nr_cpus >= 252:
+        pytest.skip(f"kernel NR_CPUS={kernel.nr_cpus} fits every preset")
+    proc = run_cli("probe", "--topology", "huge-14llc", env={"TMPDIR": str(isolated / "tmp")})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and f"CONFIG_NR_CPUS={kernel.nr_cpus}" in err
+    assert Path(isolated / "tmp").exists() and os.listdir(isolated / "tmp") == []
