@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ktstr
 from ktstr.errors import (
     AgentCrashError,
     BootTimeoutError,
@@ -106,20 +107,35 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
     if key not in _ACCEL_MEMO:
         _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
     accel = _ACCEL_MEMO[key]
+    agent_init = _agent_init()
     spec = VmSpec(
         kernel=req.kernel.image,
         topology=req.topology,
         run_dir=Path("/nonexistent"),  # the Vm fills in its own run dir
-        init=(sys.executable, "-m", "ktstr.guest.agent"),
+        init=agent_init[0],
         qemu=qemu.binary,
         qemu_version=qemu.version,
         accel=accel.accel,
         tcg_multithread=accel.tcg_multithread,
         memory_mb=req.memory_mb,
         interactive=req.interactive,
-        cmdline_extra=req.cmdline_extra,
+        cmdline_extra=(*agent_init[1], *req.cmdline_extra),
     )
     return spec, accel, qemu, warnings
+
+
+def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The guest's init argv and extra kernel parameters to start the agent.
+
+    Unknown KEY=value kernel parameters reach init as environment variables.
+    The agent needs only the stdlib and this package, so it skips ``site``
+    (measurably faster under TCG) unless the path cannot travel on the
+    kernel command line (whitespace).
+    """
+    pkg_parent = str(Path(ktstr.__file__).parent.parent)
+    if any(c.isspace() for c in pkg_parent + sys.executable):
+        return (sys.executable, "-m", "ktstr.guest.agent"), ()
+    return (sys.executable, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
 
 
 def run_guest(req: BootRequest, on_text: TextSink | None = None) -> GuestRun:

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Boot-time figures for the cached kernel on this machine.
+
+Prints host-side times from QEMU start to kernel start, agent ready, QEMU
+exit and cleanup done for ktstr's probe boot, next to a raw boot of the same
+kernel, topology and QEMU argv whose init is /bin/true (the kernel panics
+when it exits and QEMU quits), and the ratio (ktstr's overhead).
+
+    .venv/bin/python bench/boot.py [--topology 1n2l2c1t] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+from ktstr.host.kernel import resolve_kernel
+from ktstr.host.vm import Vm
+from ktstr.runner import BootRequest, prepare, run_guest
+from ktstr.spec.topology import Topology
+
+
+def raw_boot(req: BootRequest) -> float:
+    spec, _, _, _ = prepare(req)
+    spec = dataclasses.replace(spec, init=("/bin/true",))
+    vm = Vm(spec, {}, name="raw")
+    t0 = time.monotonic()
+    with vm:
+        vm.wait(120)
+    return time.monotonic() - t0
+
+
+def ktstr_boot(req: BootRequest) -> dict[str, float]:
+    t0 = time.monotonic()
+    run = run_guest(req)
+    done = time.monotonic() - t0
+    t = run.timings
+    assert t.kernel_start is not None and t.ready is not None and t.qemu_exit is not None
+    return {"kernel": t.kernel_start, "ready": t.ready, "exit": t.qemu_exit, "done": done}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--topology", default="1n2l2c1t")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kernel")
+    args = ap.parse_args()
+    topo = Topology.parse(args.topology)
+    req = BootRequest(kernel=resolve_kernel(args.kernel), topology=topo, job={"mode": "probe"})
+    _, accel, qemu, _ = prepare(req)
+    print(
+        f"kernel {req.kernel.version} ({req.kernel.image.name}), topology {topo} "
+        f"({topo.cpus} vCPUs), QEMU {qemu.version_str}, {accel.describe()}"
+    )
+    raws, ours = [], []
+    for i in range(args.runs):  # interleaved, so drift hits both alike
+        raws.append(raw_boot(req))
+        ours.append(ktstr_boot(req))
+        o = ours[-1]
+        print(
+            f"  run {i + 1}: raw {raws[-1]:.2f}s | ktstr kernel +{o['kernel']:.2f}s "
+            f"ready +{o['ready']:.2f}s exit +{o['exit']:.2f}s done +{o['done']:.2f}s"
+        )
+    med = {k: statistics.median(o[k] for o in ours) for k in ours[0]}
+    raw = statistics.median(raws)
+    print(f"median of {args.runs}:")
+    print(f"  QEMU start -> kernel start   {med['kernel']:6.2f} s")
+    print(f"  QEMU start -> agent ready    {med['ready']:6.2f} s")
+    print(f"  QEMU start -> QEMU exit      {med['exit']:6.2f} s")
+    print(f"  QEMU start -> cleanup done   {med['done']:6.2f} s")
+    print(f"  raw boot (init=/bin/true)    {raw:6.2f} s  (QEMU start -> QEMU exit)")
+    print(f"  ratio ktstr/raw              {med['done'] / raw:6.2f} x")
+
+
+if __name__ == "__main__":
+    main()
