@@ -1,6 +1,7 @@
 import os
 import random
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,18 @@ def test_flooding_garbage_without_magic_keeps_memory_flat():
 def test_encode_rejects_bad_kind(kind):
     with pytest.raises(ValueError):
         encode_frame(kind, b"")
+
+
+def test_stats_classify_rejections():
+    good = encode_frame(MessageKind.EXIT, b'{"code":0}', 9)
+    v2 = bytearray(encode_frame(MessageKind.EXIT, b"{}", 1))
+    v2[4] = 2  # another protocol version, header CRC made valid again
+    v2[20:24] = struct.pack("<I", zlib.crc32(bytes(v2[:20])))
+    corrupt_big = bytearray(encode_frame(MessageKind.STDOUT, b"", 2))
+    corrupt_big[12:16] = struct.pack("<I", 10**9)  # huge length, header CRC now wrong
+    dec = FrameDecoder(max_payload=64)
+    got = dec.feed(bytes(v2) + bytes(corrupt_big) + good) + dec.finish()
+    assert [f for f in got if f.crc_ok] == [Frame(MessageKind.EXIT, 9, b'{"code":0}', True)]
+    assert dec.stats.bad_version == 1
+    assert dec.stats.bad_headers >= 1 and dec.stats.oversized == 0
+    assert dec.stats.frames == 1

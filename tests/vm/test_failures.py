@@ -123,3 +123,28 @@ def test_topology_beyond_kernel_nr_cpus_fails_before_boot(kernel, isolated):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and f"CONFIG_NR_CPUS={kernel.nr_cpus}" in err
     assert Path(isolated / "tmp").exists() and os.listdir(isolated / "tmp") == []
+
+
+def test_private_tmp_keeps_needed_host_paths(kernel, isolated):
+    """/tmp is the guest's own tmpfs, yet host paths a run needs (a checkout or
+    pytest's tmp dirs under /tmp) stay visible, read-only, at the same path."""
+    host_file = isolated / "data" / "hello.txt"
+    host_file.parent.mkdir()
+    host_file.write_text("from-the-host\n")
+    out: list[str] = []
+    cmd = (
+        f"cat {host_file} && echo scratch > /tmp/scratch && cat /tmp/scratch && "
+        f"(echo x > {host_file} 2>/dev/null && echo HOST-WRITTEN || echo host-read-only)"
+    )
+    run = run_guest(
+        BootRequest(
+            kernel=kernel,
+            topology=ONE,
+            job={"mode": "exec", "command": cmd, "host_paths": [str(host_file)]},
+        ),
+        on_text=lambda kind, text: out.append(text),
+    )
+    text = "".join(out)
+    assert run.exit_code == 0, text
+    assert "from-the-host" in text and "scratch" in text and "host-read-only" in text
+    assert host_file.read_text() == "from-the-host\n"

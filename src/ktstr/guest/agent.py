@@ -42,13 +42,14 @@ PORT_NAME = "org.ktstr.0"
 RUN_TAG = "ktstr_run"
 RUN_MOUNT = "/run/ktstr"
 _LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+_MS_BIND = 4096
+HOST_TMP = "/run/ktstr-host-tmp"
 
 # (source, target, fstype, options); failures of optional ones are reported, not fatal.
 MOUNTS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("proc", "/proc", "proc", "", True),
     ("sysfs", "/sys", "sysfs", "", True),
     ("devtmpfs", "/dev", "devtmpfs", "mode=0755", True),
-    ("tmpfs", "/tmp", "tmpfs", "mode=1777", True),
     ("tmpfs", "/run", "tmpfs", "mode=0755", True),
     ("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666", False),
     ("tmpfs", "/dev/shm", "tmpfs", "mode=1777", False),
@@ -95,9 +96,9 @@ class Port:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _mount(src: str, target: str, fstype: str, opts: str) -> None:
+def _mount(src: str, target: str, fstype: str, opts: str, flags: int = 0) -> None:
     os.makedirs(target, exist_ok=True)
-    rc = _libc.mount(src.encode(), target.encode(), fstype.encode(), 0, opts.encode() or None)
+    rc = _libc.mount(src.encode(), target.encode(), fstype.encode(), flags, opts.encode() or None)
     if rc != 0:
         err = ctypes.get_errno()
         if err == errno.EBUSY:  # already mounted (e.g. CONFIG_DEVTMPFS_MOUNT)
@@ -115,6 +116,29 @@ def mount_all() -> list[str]:
                 raise
             failed.append(str(exc))
     return failed
+
+
+def private_tmp(keep: list[str]) -> list[str]:
+    """A writable tmpfs on /tmp that still shows the host subtrees in
+    ``keep`` (this interpreter and package, the job's host_paths) at their
+    own paths, read-only: the host's /tmp is bound aside first, then each
+    needed top-level entry is bound back."""
+    _mount("/tmp", HOST_TMP, "", "", _MS_BIND)
+    _mount("tmpfs", "/tmp", "tmpfs", "mode=1777")
+    kept = []
+    for path in sorted({p for p in keep if p.startswith("/tmp/")}):
+        top = path.split("/")[2]
+        if top in kept or not os.path.exists(os.path.join(HOST_TMP, top)):
+            continue
+        _mount(os.path.join(HOST_TMP, top), f"/tmp/{top}", "", "", _MS_BIND)
+        kept.append(top)
+    return kept
+
+
+def own_paths() -> list[str]:
+    """Host paths this agent runs from (interpreter, prefixes, package root)."""
+    paths = [sys.executable, sys.prefix, sys.base_prefix, os.path.realpath(sys.executable)]
+    return [*paths, str(Path(__file__).resolve().parents[2])]
 
 
 def open_port() -> BinaryIO:
@@ -223,8 +247,9 @@ def main() -> None:
     code = 1
     try:
         failed_mounts = mount_all()
-        port = Port(open_port())
         job = json.loads(Path(RUN_MOUNT, "job.json").read_text())
+        private_tmp(own_paths() + [str(p) for p in job.get("host_paths", [])])
+        port = Port(open_port())
         port.send(port.enc.sys_ready())
         uptime = float(_read("/proc/uptime").split()[0])
         port.send(

@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAGIC = b"KTSF"
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<4sBBHIII")  # magic, version, flags, kind, seq, length, pcrc
-HEADER_SIZE = HEADER.size + 4  # + header CRC
+_FULL_HEADER = struct.Struct("<4sBBHIIII")  # ... + header CRC
+HEADER_SIZE = _FULL_HEADER.size
 #: Default bound on one payload; larger frames are counted and skipped.
 MAX_PAYLOAD = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """One decoded frame. A tuple: constructing it is on the hot path."""
+
     kind: int
     seq: int
     payload: bytes
@@ -78,12 +80,12 @@ class FrameDecoder:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
-        return list(self._scan(final=False))
+        return self._scan(final=False)
 
     def finish(self) -> list[Frame]:
         """End of stream: report a pending partial frame as truncated and
         recover any intact frames after its header."""
-        out = list(self._scan(final=True))
+        out = self._scan(final=True)
         self._buf.clear()
         self._pos = 0
         return out
@@ -92,61 +94,71 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
-    def _scan(self, *, final: bool) -> Iterator[Frame]:
-        buf, st = self._buf, self.stats
+    def _scan(self, *, final: bool) -> list[Frame]:
+        buf = self._buf
+        out: list[Frame] = []
+        size, pos, good = len(buf), self._pos, 0
+        crc32, unpack, hsize = zlib.crc32, _FULL_HEADER.unpack_from, HEADER_SIZE
         while True:
-            start = buf.find(MAGIC, self._pos)
-            if start < 0:
-                # Keep a possible partial magic at the end.
-                keep = min(len(MAGIC) - 1, len(buf) - self._pos)
+            start = buf.find(MAGIC, pos)
+            if start != pos:
+                if start < 0:
+                    keep = 0 if final else min(len(MAGIC) - 1, size - pos)
+                    self.stats.garbage_bytes += size - pos - keep
+                    pos = size - keep
+                    break
+                self.stats.garbage_bytes += start - pos
+                pos = start
+            if size - start < hsize:
                 if final:
-                    keep = 0
-                st.garbage_bytes += len(buf) - self._pos - keep
-                self._pos = len(buf) - keep
-                return
-            st.garbage_bytes += start - self._pos
-            self._pos = start
-            if len(buf) - start < HEADER_SIZE:
-                if final:
-                    st.truncated += 1
-                    st.garbage_bytes += len(buf) - start
-                    self._pos = len(buf)
-                return
-            _, version, _flags, kind, seq, length, pcrc = HEADER.unpack_from(buf, start)
-            (hcrc,) = struct.unpack_from("<I", buf, start + HEADER.size)
-            if zlib.crc32(memoryview(buf)[start : start + HEADER.size]) != hcrc:
-                st.bad_headers += 1
-                self._skip(1)
+                    self.stats.truncated += 1
+                    self.stats.garbage_bytes += size - start
+                    pos = size
+                break
+            _, version, _flags, kind, seq, length, pcrc, hcrc = unpack(buf, start)
+            end = start + hsize + length
+            sane = (
+                crc32(buf[start : start + hsize - 4]) == hcrc
+                and version == PROTOCOL_VERSION
+                and length <= self.max_payload
+            )
+            if not sane or size < end:
+                if sane and not final:
+                    break  # a valid header whose payload has not arrived yet
+                pos = self._reject(start, version, length, out)
                 continue
-            if version != PROTOCOL_VERSION:
-                st.bad_version += 1
-                self._skip(HEADER_SIZE)
-                continue
-            if length > self.max_payload:
-                st.oversized += 1
-                self._skip(HEADER_SIZE)
-                continue
-            end = start + HEADER_SIZE + length
-            if len(buf) < end:
-                if not final:
-                    return
-                st.truncated += 1
-                yield Frame(kind, seq, bytes(buf[start + HEADER_SIZE :]), crc_ok=False)
-                self._skip(HEADER_SIZE)
-                continue
-            payload = bytes(buf[start + HEADER_SIZE : end])
-            if zlib.crc32(payload) == pcrc:
-                st.frames += 1
-                self._pos = end
-                yield Frame(kind, seq, payload, crc_ok=True)
-            else:
-                st.crc_errors += 1
-                yield Frame(kind, seq, payload, crc_ok=False)
-                self._skip(HEADER_SIZE)
+            payload = bytes(buf[start + hsize : end])
+            if crc32(payload) == pcrc:
+                good += 1
+                pos = end
+                out.append(Frame(kind, seq, payload, True))
+            else:  # torn: report it, then rescan right after its header
+                self.stats.crc_errors += 1
+                self.stats.garbage_bytes += hsize
+                out.append(Frame(kind, seq, payload, False))
+                pos = start + hsize
+        self.stats.frames += good
+        self._pos = pos
+        return out
 
-    def _skip(self, n: int) -> None:
-        self._pos += n
-        self.stats.garbage_bytes += n
+    def _reject(self, start: int, version: int, length: int, out: list[Frame]) -> int:
+        """Rare paths of ``_scan``; returns where scanning resumes."""
+        buf, st, hsize = self._buf, self.stats, HEADER_SIZE
+        (hcrc,) = struct.unpack_from("<I", buf, start + hsize - 4)
+        if zlib.crc32(buf[start : start + hsize - 4]) != hcrc:
+            st.bad_headers += 1  # garbage that happened to contain the magic
+            st.garbage_bytes += 1
+            return start + 1
+        if version != PROTOCOL_VERSION:
+            st.bad_version += 1
+        elif length > self.max_payload:
+            st.oversized += 1
+        else:  # end of stream, and the payload never fully arrived
+            st.truncated += 1
+            kind, seq = struct.unpack_from("<HI", buf, start + 6)
+            out.append(Frame(kind, seq, bytes(buf[start + hsize :]), False))
+        st.garbage_bytes += hsize
+        return start + hsize
 
 
 def decode_all(data: bytes, max_payload: int = MAX_PAYLOAD) -> list[Frame]:
