@@ -37,6 +37,7 @@ from ktstr.protocol.messages import (
     Crash,
     Lifecycle,
     MessageKind,
+    SchedExit,
     SnapshotReply,
     TestResult,
     decode_payload,
@@ -82,6 +83,8 @@ class GuestRun:
     results: list[TestResult] = field(default_factory=list)
     lifecycle: list[Lifecycle] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+    #: Set when the scheduler under test died: the run was ended early.
+    sched_exit: SchedExit | None = None
     timings: Timings = field(default_factory=Timings)
     warnings: list[str] = field(default_factory=list)
 
@@ -148,7 +151,20 @@ def run_guest(req: BootRequest, on_text: TextSink | None = None) -> GuestRun:
     return out
 
 
+class _RunEnded(Exception):
+    """The coordinator ended the run (scheduler death): stop the VM, no error."""
+
+
 def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) -> None:
+    try:
+        _pump_frames(vm, req, out, on_text)
+    except _RunEnded:
+        vm.shutdown(hard=True)
+        out.timings.qemu_exit = time.monotonic() - vm.launched_at
+        return
+
+
+def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) -> None:
     t0 = vm.launched_at
     coord = Coordinator(
         started=t0,
@@ -217,9 +233,12 @@ def _act(vm: Vm, out: GuestRun, action: object, t0: float, now: float) -> None:
         out.timings.exit_frame = now - t0
     elif isinstance(action, Kill):
         log.warning("scheduler exited: %s", action.sched_exit.reason)
+        out.sched_exit = action.sched_exit
     elif isinstance(action, Capture):
         out.snapshots.append(_capture(vm, action, now - t0))
     elif isinstance(action, Expired):
+        if action.kind is TimeoutKind.KILL_GRACE:
+            raise _RunEnded
         cls = BootTimeoutError if action.kind is TimeoutKind.BOOT_TIMEOUT else GuestLostError
         raise cls(
             f"{action.kind.value}: {action.message}",

@@ -213,3 +213,12 @@ def test_next_wakeup_points_at_deadline_or_capture():
     ready(c, 5.0)
     c.handle(frame(ScenarioStart(duration_s=10.0)), 5.0)
     assert c.next_wakeup(5.0) == pytest.approx(1.0)  # first capture at 10 %
+
+
+def test_sched_exit_ends_the_run_after_a_grace(c):
+    ready(c, 1.0)
+    c.handle(frame(ScenarioStart(duration_s=100.0)), 2.0)
+    c.handle(frame(SchedExit(exit_kind="error", reason="stall")), 5.0)
+    assert c.tick(14.9) == []  # the guest may still send its dump and results
+    (exp,) = c.tick(15.1)
+    assert exp.kind is TimeoutKind.KILL_GRACE and "stall" in exp.message

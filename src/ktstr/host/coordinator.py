@@ -41,6 +41,7 @@ class TimeoutKind(enum.Enum):
     BOOT_TIMEOUT = "boot_timeout"  # never said SysReady
     GUEST_HANG = "guest_hang"  # ready, but stopped making progress
     SCHEDULER_STALL = "scheduler_stall"  # workload overran under a loaded scheduler
+    KILL_GRACE = "kill_grace"  # the scheduler died; the guest's time to report is up
 
 
 # -- actions ------------------------------------------------------------------
@@ -124,6 +125,9 @@ class Coordinator:
     workload_grace: float = 30.0
     #: Longest a guest may stay paused before that is a hang.
     max_pause: float = 300.0
+    #: After the scheduler dies, how long the guest may still send its dump
+    #: and results before the host ends the run.
+    kill_grace: float = 10.0
     num_snapshots: int = 0
     state: RunState = field(default_factory=RunState)
 
@@ -175,6 +179,7 @@ class Coordinator:
             return []
         st.killed = True
         st.sched_exit = msg
+        st.deadline = min(st.deadline, now + self.kill_grace)
         return [Kill(msg)]
 
     def _snapshot_request(self, frame: Frame, now: float) -> list[Action]:
@@ -319,6 +324,11 @@ class Coordinator:
 
     def _classify(self, now: float) -> Expired:
         st = self.state
+        if st.killed and st.sched_exit is not None:
+            return Expired(
+                TimeoutKind.KILL_GRACE,
+                f"scheduler exited ({st.sched_exit.exit_kind}: {st.sched_exit.reason}); run ended",
+            )
         if st.phase is Phase.BOOT:
             return Expired(
                 TimeoutKind.BOOT_TIMEOUT,

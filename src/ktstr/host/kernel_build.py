@@ -164,6 +164,8 @@ def _make_with_progress(argv: list[str], log_path: Path) -> None:
 
 def build_kernel(req: BuildRequest) -> Path:
     """Return the cache entry (or the .config with config_only)."""
+    if req.schedulers:
+        llvm_suffix()  # fail before a 25-minute build, not after
     tree = resolve_source(req.source, req.ref)
     version = kernel_version(tree)
     key = f"{version}-{fragment_hash()}"
@@ -193,22 +195,33 @@ def build_kernel(req: BuildRequest) -> Path:
     return dest
 
 
+#: sched_ext's BPF programs need a recent clang (the shared kernel's: 19).
+MIN_CLANG = 16
+TOOLCHAIN_HINT = "install clang >= 16 and llvm (Debian 12: KTSTR_SCHED_TOOLCHAIN=1 ./scripts/setup)"
+
+
+def llvm_suffix() -> str:
+    """``LLVM=`` value for the newest clang-N (N >= 16) on PATH."""
+    for n in range(25, MIN_CLANG - 1, -1):
+        if shutil.which(f"clang-{n}") and shutil.which(f"llvm-strip-{n}"):
+            return f"-{n}"
+    clang = shutil.which("clang")
+    if clang:
+        out = subprocess.run([clang, "--version"], capture_output=True, text=True, check=False)
+        m = re.search(r"clang version (\d+)", out.stdout)
+        if m and int(m.group(1)) >= MIN_CLANG:
+            return "1"
+    raise KernelError(f"--schedulers needs clang >= {MIN_CLANG}", hint=TOOLCHAIN_HINT)
+
+
 def _build_schedulers(tree: Path, out: Path, dest: Path, jobs: int) -> None:
-    """tools/sched_ext against the just-built vmlinux's BTF (needs clang)."""
-    if shutil.which("clang") is None:
-        raise KernelError("--schedulers needs clang", hint="apt-get install clang llvm")
+    """tools/sched_ext against the just-built vmlinux's BTF."""
     build = out / "sched_ext"
-    _make_with_progress(
-        [
-            "make",
-            "-C",
-            str(tree / "tools/sched_ext"),
-            f"O={build}",
-            f"-j{jobs}",
-            f"VMLINUX_BTF={out / 'vmlinux'}",
-        ],
-        out / "sched_ext.log",
-    )
+    argv = ["make", "-C", str(tree / "tools/sched_ext"), f"O={build}", f"-j{jobs}",
+            f"LLVM={llvm_suffix()}", f"VMLINUX_BTF={out / 'vmlinux'}"]  # fmt: skip
+    _make_with_progress(argv, out / "sched_ext.log")
     dest.mkdir(parents=True)
-    for binary in (build / "bin").glob("scx_*"):
+    for binary in (build / "build" / "bin").glob("scx_*"):
         shutil.copy2(binary, dest / binary.name)
+    if not any(dest.iterdir()):
+        raise KernelError(f"tools/sched_ext built no scx_* binaries (log: {out / 'sched_ext.log'})")
