@@ -1,0 +1,128 @@
+"""Canned scenarios (``ktstr list``). Pure data: each is a Scenario."""
+
+from __future__ import annotations
+
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
+from ktstr.spec.work import Affinity, AffinityMode, SchedPolicy, Work
+
+_half = HoldSpec.fraction(0.5)
+
+CATALOG: tuple[Scenario, ...] = (
+    Scenario.of_defs(
+        "steady",
+        [CgroupDef(name="cg0", workers=2), CgroupDef(name="cg1", workers=2)],
+        "two cgroups of CPU spinners for the whole run: the fairness baseline",
+    ),
+    Scenario.of_defs(
+        "cpuset_disjoint",
+        [
+            CgroupDef(name="left", workers=2, cpuset=CpusetSpec.disjoint(0, 2)),
+            CgroupDef(name="right", workers=2, cpuset=CpusetSpec.disjoint(1, 2)),
+        ],
+        "two cgroups on disjoint halves of the CPUs (LLC-aligned): isolation",
+    ),
+    Scenario.of_defs(
+        "cpuset_overlap",
+        [
+            CgroupDef(name="a", workers=2, cpuset=CpusetSpec.overlapping(0, 2, 0.5)),
+            CgroupDef(name="b", workers=2, cpuset=CpusetSpec.overlapping(1, 2, 0.5)),
+        ],
+        "two cgroups whose cpusets overlap in the middle",
+    ),
+    Scenario(
+        name="cgroup_add_remove",
+        description="cgroups come and go while others keep running",
+        steps=(
+            Step(ops=(Op.add(CgroupDef(name="base", workers=2)),), hold=HoldSpec.fraction(0.3)),
+            Step(
+                ops=(Op.add(CgroupDef(name="extra", workers=2, work=Work.bursty())),),
+                hold=HoldSpec.fraction(0.4),
+            ),
+            Step(ops=(Op.remove("extra"),), hold=HoldSpec.fraction(0.3)),
+        ),
+    ),
+    Scenario(
+        name="cpuset_swap",
+        description="two cgroups swap their disjoint cpusets repeatedly",
+        steps=(
+            Step(
+                ops=(
+                    Op.add(CgroupDef(name="a", workers=2, cpuset=CpusetSpec.disjoint(0, 2))),
+                    Op.add(CgroupDef(name="b", workers=2, cpuset=CpusetSpec.disjoint(1, 2))),
+                ),
+                hold=HoldSpec.fraction(0.2),
+            ),
+            Step(ops=(Op.swap_cpusets("a", "b"),), hold=HoldSpec.loop(0.5, 0.8)),
+        ),
+    ),
+    Scenario.of_defs(
+        "affinity_churn",
+        [
+            CgroupDef(name="churn", workers=2, work=Work.affinity_churn()),
+            CgroupDef(name="steady", workers=2),
+        ],
+        "workers re-pin themselves across CPUs while others spin",
+    ),
+    Scenario.of_defs(
+        "mixed_work",
+        [
+            CgroupDef(name="spin", workers=1),
+            CgroupDef(name="yield", workers=1, work=Work.yield_heavy()),
+            CgroupDef(name="bursty", workers=1, work=Work.bursty(3, 7)),
+            CgroupDef(name="pingpong", workers=2, work=Work.futex_pingpong()),
+            CgroupDef(name="pipes", workers=2, work=Work.pipe_io()),
+            CgroupDef(name="cache", workers=1, work=Work.cache_pressure(1024, 64)),
+        ],
+        "every common work type at once",
+    ),
+    Scenario.of_defs(
+        "nested_cgroups",
+        [
+            CgroupDef(
+                name="parent",
+                workers=1,
+                children=(
+                    CgroupDef(name="child0", workers=2),
+                    CgroupDef(
+                        name="child1",
+                        workers=2,
+                        work=Work.bursty(),
+                        children=(CgroupDef(name="grandchild", workers=1),),
+                    ),
+                ),
+            )
+        ],
+        "a three-level cgroup tree with workers at every level",
+    ),
+    Scenario.of_defs(
+        "oversubscribed",
+        [CgroupDef(name="heavy", workers=8), CgroupDef(name="light", workers=4, work=Work.mixed())],
+        "far more runnable workers than CPUs",
+    ),
+    Scenario.of_defs(
+        "rt_mix",
+        [
+            CgroupDef(name="rt", workers=1, work=Work.bursty(2, 8), policy=SchedPolicy.fifo(10)),
+            CgroupDef(name="normal", workers=2),
+        ],
+        "a bursty SCHED_FIFO task beside normal spinners",
+    ),
+    Scenario.of_defs(
+        "wake_latency",
+        [
+            CgroupDef(name="futex", workers=2, work=Work.futex_pingpong()),
+            CgroupDef(name="pipe", workers=2, work=Work.pipe_io()),
+        ],
+        "paired ping-pong workers: wake-to-run latency",
+    ),
+    Scenario.of_defs(
+        "pinned_llc",
+        [
+            CgroupDef(name="pinned", workers=2, affinity=Affinity(mode=AffinityMode.LLC_ALIGNED)),
+            CgroupDef(name="single", workers=2, affinity=Affinity(mode=AffinityMode.SINGLE_CPU)),
+        ],
+        "LLC-aligned and single-CPU affinities",
+    ),
+)
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in CATALOG}

@@ -1,0 +1,409 @@
+"""Scenarios: cgroups, cpusets and workers as data, and their resolution
+against a Topology into a concrete plan the guest agent executes. Pure.
+
+A Scenario is a list of Steps. A Step applies its Ops, then holds (runs the
+workers) for its HoldSpec. ``resolve(scenario, topology, duration)``
+validates everything before boot and returns a Plan with concrete CPU lists,
+hold times in seconds and per-worker affinities.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from ktstr.errors import ConfigError
+from ktstr.spec.topology import Topology
+from ktstr.spec.work import INHERIT, NORMAL, Affinity, SchedPolicy, Work
+
+
+class CpusetMode(enum.Enum):
+    LLC = "llc"  # the CPUs of LLC `index`
+    DISJOINT = "disjoint"  # part `index` of `of` equal, disjoint, LLC-aligned when possible
+    OVERLAP = "overlap"  # part `index` of `of`, widened to overlap its neighbours by `overlap`
+    RANGE = "range"  # CPUs lo..hi inclusive
+    EXACT = "exact"  # exactly `cpus`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpusetSpec:
+    mode: CpusetMode
+    index: int = 0
+    of: int = 1
+    overlap: float = 0.5
+    lo: int = 0
+    hi: int = 0
+    cpus: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode in (CpusetMode.DISJOINT, CpusetMode.OVERLAP) and (
+            self.of < 1 or not 0 <= self.index < self.of
+        ):
+            raise ConfigError(
+                f"cpuset {self.mode.value}: index must be in 0..of-1 "
+                f"(index={self.index}, of={self.of})"
+            )
+        if self.mode is CpusetMode.OVERLAP and not 0 < self.overlap < 1:
+            raise ConfigError(f"cpuset overlap must be in (0, 1), got {self.overlap}")
+        if self.mode is CpusetMode.RANGE and not 0 <= self.lo <= self.hi:
+            raise ConfigError(f"cpuset range needs 0 <= lo <= hi, got {self.lo}..{self.hi}")
+        if self.mode is CpusetMode.EXACT and not self.cpus:
+            raise ConfigError("exact cpuset needs at least one CPU")
+        if self.mode is CpusetMode.LLC and self.index < 0:
+            raise ConfigError(f"cpuset llc index must be >= 0, got {self.index}")
+
+    @classmethod
+    def llc(cls, index: int) -> CpusetSpec:
+        return cls(mode=CpusetMode.LLC, index=index)
+
+    @classmethod
+    def disjoint(cls, index: int, of: int) -> CpusetSpec:
+        return cls(mode=CpusetMode.DISJOINT, index=index, of=of)
+
+    @classmethod
+    def overlapping(cls, index: int, of: int, overlap: float = 0.5) -> CpusetSpec:
+        return cls(mode=CpusetMode.OVERLAP, index=index, of=of, overlap=overlap)
+
+    @classmethod
+    def range(cls, lo: int, hi: int) -> CpusetSpec:
+        return cls(mode=CpusetMode.RANGE, lo=lo, hi=hi)
+
+    @classmethod
+    def exact(cls, *cpus: int) -> CpusetSpec:
+        return cls(mode=CpusetMode.EXACT, cpus=tuple(cpus))
+
+    def resolve(self, topo: Topology) -> tuple[int, ...]:
+        n = topo.cpus
+        if self.mode is CpusetMode.LLC:
+            if self.index >= topo.llcs:
+                raise ConfigError(f"cpuset llc index {self.index} >= {topo.llcs} LLCs in {topo}")
+            return topo.llc_cpus(self.index)
+        if self.mode is CpusetMode.RANGE:
+            if self.hi >= n:
+                raise ConfigError(
+                    f"cpuset range {self.lo}..{self.hi} exceeds CPUs 0-{n - 1} of {topo}"
+                )
+            return tuple(range(self.lo, self.hi + 1))
+        if self.mode is CpusetMode.EXACT:
+            bad = sorted(c for c in self.cpus if not 0 <= c < n)
+            if bad:
+                raise ConfigError(
+                    f"exact cpuset CPUs {bad} do not exist in {topo} (CPUs 0-{n - 1})"
+                )
+            return tuple(sorted(set(self.cpus)))
+        if self.of > n:
+            raise ConfigError(f"cpuset {self.mode.value}: cannot split {n} CPUs into {self.of}")
+        lo, hi = _part(n, self.index, self.of, topo)
+        if self.mode is CpusetMode.OVERLAP:
+            widen = max(1, round((hi - lo) * self.overlap / 2))
+            lo, hi = max(0, lo - widen), min(n, hi + widen)
+        return tuple(range(lo, hi))
+
+
+def _part(n: int, index: int, of: int, topo: Topology) -> tuple[int, int]:
+    """[lo, hi) of part ``index`` of ``of``; on LLC boundaries when they divide."""
+    if topo.llcs % of == 0:
+        per = topo.llcs // of * topo.cpus_per_llc
+        return index * per, (index + 1) * per
+    return index * n // of, (index + 1) * n // of
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CgroupDef:
+    """A cgroup and its workers."""
+
+    name: str
+    workers: int = 1
+    work: Work = field(default_factory=Work.spin)
+    cpuset: CpusetSpec | None = None
+    policy: SchedPolicy = NORMAL
+    nice: int = 0
+    affinity: Affinity = INHERIT
+    children: tuple[CgroupDef, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"cgroup name {self.name!r} must be non-empty, without '/'")
+        if self.workers < 0:
+            raise ConfigError(f"cgroup {self.name}: workers must be >= 0, got {self.workers}")
+        if self.work.paired and self.workers % 2:
+            raise ConfigError(
+                f"cgroup {self.name}: {self.work.kind.value} is paired, so "
+                f"workers must be even, got {self.workers}"
+            )
+        if not -20 <= self.nice <= 19:
+            raise ConfigError(f"cgroup {self.name}: nice must be -20..19, got {self.nice}")
+
+
+class OpKind(enum.Enum):
+    ADD_CGROUP = "add_cgroup"  # create `cgroup` (and its children) and start its workers
+    REMOVE_CGROUP = "remove_cgroup"  # stop the workers of `name`, remove it
+    SET_CPUSET = "set_cpuset"  # cpuset of `name` := `cpuset`
+    CLEAR_CPUSET = "clear_cpuset"  # cpuset of `name` := inherited (all)
+    SWAP_CPUSETS = "swap_cpusets"  # exchange the cpusets of `name` and `other`
+    SPAWN = "spawn"  # `count` more workers in `name`
+    STOP = "stop"  # stop the workers of `name`, keep the cgroup
+    SET_AFFINITY = "set_affinity"  # re-pin the workers of `name`
+    MOVE_ALL = "move_all"  # move every task of `name` into `other`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Op:
+    kind: OpKind
+    name: str = ""
+    other: str = ""
+    cgroup: CgroupDef | None = None
+    cpuset: CpusetSpec | None = None
+    affinity: Affinity | None = None
+    count: int = 0
+
+    @classmethod
+    def add(cls, cgroup: CgroupDef) -> Op:
+        return cls(kind=OpKind.ADD_CGROUP, name=cgroup.name, cgroup=cgroup)
+
+    @classmethod
+    def remove(cls, name: str) -> Op:
+        return cls(kind=OpKind.REMOVE_CGROUP, name=name)
+
+    @classmethod
+    def set_cpuset(cls, name: str, cpuset: CpusetSpec) -> Op:
+        return cls(kind=OpKind.SET_CPUSET, name=name, cpuset=cpuset)
+
+    @classmethod
+    def clear_cpuset(cls, name: str) -> Op:
+        return cls(kind=OpKind.CLEAR_CPUSET, name=name)
+
+    @classmethod
+    def swap_cpusets(cls, a: str, b: str) -> Op:
+        return cls(kind=OpKind.SWAP_CPUSETS, name=a, other=b)
+
+    @classmethod
+    def spawn(cls, name: str, count: int) -> Op:
+        return cls(kind=OpKind.SPAWN, name=name, count=count)
+
+    @classmethod
+    def stop(cls, name: str) -> Op:
+        return cls(kind=OpKind.STOP, name=name)
+
+    @classmethod
+    def set_affinity(cls, name: str, affinity: Affinity) -> Op:
+        return cls(kind=OpKind.SET_AFFINITY, name=name, affinity=affinity)
+
+    @classmethod
+    def move_all(cls, src: str, dst: str) -> Op:
+        return cls(kind=OpKind.MOVE_ALL, name=src, other=dst)
+
+
+class HoldMode(enum.Enum):
+    FRACTION = "fraction"  # `value` of the scenario duration
+    FIXED = "fixed"  # `value` seconds
+    LOOP = "loop"  # re-apply the step's ops every `interval` s for `value` of the duration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldSpec:
+    mode: HoldMode = HoldMode.FRACTION
+    value: float = 1.0
+    interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.value <= 0:
+            raise ConfigError(f"hold {self.mode.value} must be > 0, got {self.value}")
+        if self.mode is not HoldMode.FIXED and self.value > 1:
+            raise ConfigError(f"hold fraction must be in (0, 1], got {self.value}")
+        if self.mode is HoldMode.LOOP and self.interval <= 0:
+            raise ConfigError(f"hold loop interval must be > 0, got {self.interval}")
+
+    @classmethod
+    def fraction(cls, f: float) -> HoldSpec:
+        return cls(mode=HoldMode.FRACTION, value=f)
+
+    @classmethod
+    def fixed(cls, seconds: float) -> HoldSpec:
+        return cls(mode=HoldMode.FIXED, value=seconds)
+
+    @classmethod
+    def loop(cls, interval: float, fraction: float = 1.0) -> HoldSpec:
+        return cls(mode=HoldMode.LOOP, value=fraction, interval=interval)
+
+    def seconds(self, duration: float) -> float:
+        return self.value if self.mode is HoldMode.FIXED else self.value * duration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    ops: tuple[Op, ...] = ()
+    hold: HoldSpec = field(default_factory=HoldSpec)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    duration_s: float = 5.0
+
+    @classmethod
+    def of_defs(
+        cls,
+        name: str,
+        defs: list[CgroupDef] | tuple[CgroupDef, ...],
+        description: str = "",
+        duration_s: float = 5.0,
+    ) -> Scenario:
+        """The common case: start these cgroups, hold for the whole duration."""
+        step = Step(ops=tuple(Op.add(d) for d in defs))
+        return cls(name=name, description=description or name, steps=(step,), duration_s=duration_s)
+
+
+# -- resolution -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanCgroup:
+    """A cgroup with concrete CPUs; ``path`` is relative to the run's root."""
+
+    path: str
+    cpus: tuple[int, ...] | None
+    workers: int
+    work: Work
+    policy: SchedPolicy
+    nice: int
+    affinities: tuple[tuple[int, ...] | None, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanOp:
+    kind: OpKind
+    path: str = ""
+    other: str = ""
+    cgroups: tuple[PlanCgroup, ...] = ()  # ADD_CGROUP: parent first
+    cpus: tuple[int, ...] | None = None
+    affinities: tuple[tuple[int, ...] | None, ...] = ()
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanStep:
+    ops: tuple[PlanOp, ...]
+    hold_s: float
+    loop_interval_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    scenario: str
+    topology: str
+    duration_s: float
+    steps: tuple[PlanStep, ...]
+    seed: int = 0
+
+
+def _flatten(d: CgroupDef, topo: Topology, parent: str, seed: int) -> list[PlanCgroup]:
+    path = f"{parent}/{d.name}" if parent else d.name
+    cpus = d.cpuset.resolve(topo) if d.cpuset is not None else None
+    allowed = cpus if cpus is not None else tuple(range(topo.cpus))
+    try:
+        affs = tuple(d.affinity.resolve(topo, allowed, i, seed) for i in range(d.workers))
+    except ConfigError as exc:
+        raise ConfigError(f"cgroup {path}: {exc}") from None
+    own = PlanCgroup(
+        path=path,
+        cpus=cpus,
+        workers=d.workers,
+        work=d.work,
+        policy=d.policy,
+        nice=d.nice,
+        affinities=affs,
+    )
+    out = [own]
+    for child in d.children:
+        out += _flatten(child, topo, path, seed)
+    return out
+
+
+def resolve(
+    scenario: Scenario, topo: Topology, duration_s: float | None = None, seed: int = 0
+) -> Plan:
+    """Validate ``scenario`` against ``topo``; every error names the field."""
+    duration = scenario.duration_s if duration_s is None else duration_s
+    if duration <= 0:
+        raise ConfigError(f"duration must be > 0 s, got {duration}")
+    live: dict[str, PlanCgroup] = {}
+    steps = []
+    for i, step in enumerate(scenario.steps):
+        where = f"scenario {scenario.name} step {i}"
+        ops = []
+        for op in step.ops:
+            try:
+                ops.append(_resolve_op(op, topo, live, seed))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        hold = step.hold
+        steps.append(
+            PlanStep(
+                ops=tuple(ops),
+                hold_s=hold.seconds(duration),
+                loop_interval_s=hold.interval if hold.mode is HoldMode.LOOP else 0,
+            )
+        )
+    return Plan(
+        scenario=scenario.name,
+        topology=topo.name,
+        duration_s=duration,
+        steps=tuple(steps),
+        seed=seed,
+    )
+
+
+def _resolve_op(op: Op, topo: Topology, live: dict[str, PlanCgroup], seed: int) -> PlanOp:
+    def need(name: str) -> PlanCgroup:
+        if name not in live:
+            raise ConfigError(
+                f"{op.kind.value}: no cgroup {name!r} (live: {', '.join(sorted(live)) or 'none'})"
+            )
+        return live[name]
+
+    k = op.kind
+    if k is OpKind.ADD_CGROUP:
+        if op.cgroup is None:
+            raise ConfigError("add_cgroup needs a cgroup")
+        flat = _flatten(op.cgroup, topo, "", seed)
+        for pc in flat:
+            if pc.path in live:
+                raise ConfigError(f"add_cgroup: cgroup {pc.path!r} already exists")
+            live[pc.path] = pc
+        return PlanOp(kind=k, path=op.cgroup.name, cgroups=tuple(flat))
+    if k in (OpKind.REMOVE_CGROUP, OpKind.STOP, OpKind.CLEAR_CPUSET):
+        need(op.name)
+        if k is OpKind.REMOVE_CGROUP:
+            for path in [p for p in live if p == op.name or p.startswith(op.name + "/")]:
+                del live[path]
+        return PlanOp(kind=k, path=op.name)
+    if k is OpKind.SET_CPUSET:
+        need(op.name)
+        if op.cpuset is None:
+            raise ConfigError("set_cpuset needs a cpuset")
+        cpus = op.cpuset.resolve(topo)
+        live[op.name] = replace(live[op.name], cpus=cpus)
+        return PlanOp(kind=k, path=op.name, cpus=cpus)
+    if k in (OpKind.SWAP_CPUSETS, OpKind.MOVE_ALL):
+        a, b = need(op.name), need(op.other)
+        if op.name == op.other:
+            raise ConfigError(f"{k.value}: needs two different cgroups, got {op.name!r} twice")
+        if k is OpKind.SWAP_CPUSETS:
+            live[op.name], live[op.other] = replace(a, cpus=b.cpus), replace(b, cpus=a.cpus)
+        return PlanOp(kind=k, path=op.name, other=op.other)
+    if k is OpKind.SPAWN:
+        cg = need(op.name)
+        if op.count < 1 or (cg.work.paired and op.count % 2):
+            raise ConfigError(f"spawn: count must be >= 1 (even for paired work), got {op.count}")
+        return PlanOp(kind=k, path=op.name, count=op.count)
+    if k is OpKind.SET_AFFINITY:
+        cg = need(op.name)
+        if op.affinity is None:
+            raise ConfigError("set_affinity needs an affinity")
+        allowed = cg.cpus if cg.cpus is not None else tuple(range(topo.cpus))
+        affs = tuple(op.affinity.resolve(topo, allowed, i, seed) for i in range(cg.workers))
+        return PlanOp(kind=k, path=op.name, affinities=affs)
+    raise ConfigError(f"unknown op {k}")
