@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ktstr.errors import Interrupted, KtstrError
+from ktstr.errors import ConfigError, Interrupted, KtstrError
+from ktstr.evaluate.stats import RunStats, format_stats, run_stats
 from ktstr.evaluate.topology import topology_mismatches
 from ktstr.host import kernel as kern
 from ktstr.host.kernel_build import BuildRequest, build_kernel
 from ktstr.protocol.messages import MessageKind
-from ktstr.runner import BootRequest, run_guest
+from ktstr.runner import (
+    BootRequest,
+    GuestRun,
+    SchedulerRun,
+    run_guest,
+    run_scenario,
+    scheduler_binary,
+)
+from ktstr.spec.catalog import CATALOG, SCENARIOS
+from ktstr.spec.scenario import resolve
 from ktstr.spec.topology import PRESET_LIST, Topology
 
 log = logging.getLogger("ktstr")
@@ -107,6 +118,76 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return run.exit_code or 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    for sc in CATALOG:
+        print(f"{sc.name:18} {sc.description}")
+    return 0
+
+
+def _outcome(run: GuestRun, stats: RunStats) -> tuple[bool, str]:
+    if run.sched_exit is not None:
+        se = run.sched_exit
+        return False, f"scheduler died: {se.exit_kind}: {se.reason}"
+    result = next((r for r in run.results if r.name != "topology"), None)
+    if result is None:
+        return False, "the guest sent no scenario result"
+    sent = int(result.data.get("workers", 0))
+    if stats.workers != sent:
+        return False, (
+            f"received {stats.workers} of {sent} worker reports "
+            f"(decoder: {run.decoder.crc_errors} CRC errors, "
+            f"{run.decoder.truncated} truncated)"
+        )
+    if result.data.get("leftover_cgroups") or result.data.get("leftover_workers"):
+        return False, f"left behind: {result.data}"
+    errors = [e for c in stats.cgroups for e in c.errors]
+    if errors:
+        return False, f"{len(errors)} worker(s) failed: {errors[0]}"
+    starved = [c.name for c in stats.cgroups if c.workers and c.work_units == 0]
+    if starved:
+        return False, f"no progress in {', '.join(starved)}"
+    return True, "completed"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    names = args.scenarios or ["steady"]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ConfigError(
+            f"unknown scenario(s): {', '.join(unknown)}", hint="'ktstr list' shows the catalog"
+        )
+    base = _boot_request(args, {}, name="run")
+    plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
+    sched = None
+    if args.scheduler:
+        sched = SchedulerRun(
+            binary=scheduler_binary(args.scheduler, base.kernel), args=tuple(args.sched_args)
+        )
+    label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
+    failed = 0
+    for plan in plans:
+        print(
+            f"== {plan.scenario}: {base.topology} ({base.topology.cpus} vCPUs), "
+            f"{plan.duration_s:g}s, {label}",
+            flush=True,
+        )
+        run = run_scenario(dataclasses.replace(base, name=plan.scenario), plan, sched)
+        stats = run_stats([(w.cgroup, w.reports, w.cpus) for w in run.worker_reports])
+        for line in format_stats(stats):
+            print(line)
+        ok, outcome = _outcome(run, stats)
+        if run.sched_exit is not None and run.sched_exit.dump:
+            print("scheduler dump (tail):")
+            for line in run.sched_exit.dump.strip().splitlines()[-15:]:
+                print(f"  | {line}")
+        print(
+            f"{'PASS' if ok else 'FAIL'}: {outcome} "
+            f"(boot {run.timings.ready or 0:.1f}s, {run.accel.describe().split(' (')[0]})"
+        )
+        failed += not ok
+    return 1 if failed else 0
+
+
 def cmd_topologies(args: argparse.Namespace) -> int:
     for p in PRESET_LIST:
         t = p.topology
@@ -177,6 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exec", metavar="CMD", help="run CMD in the guest; exit with its status")
     p.set_defaults(func=cmd_shell)
 
+    p = sub.add_parser(
+        "run", help="run scenarios in VMs (one VM each); -- ARGS go to the scheduler"
+    )
+    _add_vm_args(p)
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: steady")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="workload seconds (default: the scenario's)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="PATH|NAME",
+        help="scheduler binary (a path, or a name next to the kernel or on PATH); "
+        "default: none (EEVDF)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list the canned scenarios")
+    p.set_defaults(func=cmd_list)
+
     p = sub.add_parser("topologies", help="list topology presets")
     p.set_defaults(func=cmd_topologies)
 
@@ -209,7 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sched_args: list[str] = []
+    if "--" in argv:  # everything after -- belongs to the scheduler
+        cut = argv.index("--")
+        argv, sched_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    args.sched_args = sched_args
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -8,6 +8,7 @@ returns what came back, or raises a VmError subclass carrying the evidence.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sys
@@ -21,6 +22,7 @@ import ktstr
 from ktstr.errors import (
     AgentCrashError,
     BootTimeoutError,
+    ConfigError,
     GuestLostError,
     GuestPanicError,
     TopologyError,
@@ -31,17 +33,22 @@ from ktstr.host.kernel import Kernel, check_kernel
 from ktstr.host.qemu import AccelChoice, QemuInfo, choose_accel, find_qemu
 from ktstr.host.qemu_argv import VmSpec
 from ktstr.host.vm import Vm
-from ktstr.protocol.frames import Frame, encode_frame
+from ktstr.protocol.frames import DecoderStats, Frame, encode_frame
 from ktstr.protocol.messages import (
     TEXT_KINDS,
     Crash,
     Lifecycle,
     MessageKind,
+    PayloadError,
     SchedExit,
     SnapshotReply,
+    Stimulus,
     TestResult,
+    WorkerReports,
     decode_payload,
 )
+from ktstr.spec.scenario import Plan
+from ktstr.spec.serde import to_data
 from ktstr.spec.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,11 @@ class GuestRun:
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     #: Set when the scheduler under test died: the run was ended early.
     sched_exit: SchedExit | None = None
+    worker_reports: list[WorkerReports] = field(default_factory=list)
+    stimuli: list[Stimulus] = field(default_factory=list)
+    sched_log: list[str] = field(default_factory=list)
+    #: The frame decoder's counters (crc_errors, truncated, ... > 0 = damage).
+    decoder: DecoderStats = field(default_factory=DecoderStats)
     timings: Timings = field(default_factory=Timings)
     warnings: list[str] = field(default_factory=list)
 
@@ -211,10 +223,17 @@ def _observe(frame: Frame, out: GuestRun, on_text: TextSink | None, rel: float) 
         return
     try:
         msg = decode_payload(frame.kind, frame.payload)
-    except Exception:
+    except PayloadError as exc:
+        out.warnings.append(f"undecodable frame: {exc}")
         return
+    if frame.kind == MessageKind.SCHED_LOG and isinstance(msg, str):
+        out.sched_log.append(msg)
     if frame.kind in TEXT_KINDS and isinstance(msg, str) and on_text is not None:
         on_text(MessageKind(frame.kind), msg)
+    elif isinstance(msg, WorkerReports):
+        out.worker_reports.append(msg)
+    elif isinstance(msg, Stimulus):
+        out.stimuli.append(msg)
     elif isinstance(msg, TestResult):
         out.results.append(msg)
     elif isinstance(msg, Lifecycle):
@@ -232,7 +251,7 @@ def _act(vm: Vm, out: GuestRun, action: object, t0: float, now: float) -> None:
         out.exit_code = action.code
         out.timings.exit_frame = now - t0
     elif isinstance(action, Kill):
-        log.warning("scheduler exited: %s", action.sched_exit.reason)
+        log.info("scheduler exited: %s", action.sched_exit.reason)
         out.sched_exit = action.sched_exit
     elif isinstance(action, Capture):
         out.snapshots.append(_capture(vm, action, now - t0))
@@ -271,6 +290,8 @@ def _finish(vm: Vm, out: GuestRun, coord: Coordinator, t0: float) -> None:
         log.warning("guest did not power off after Exit; stopping QEMU")
         vm.shutdown()
     out.timings.qemu_exit = time.monotonic() - t0
+    if vm.channel is not None:
+        out.decoder = dataclasses.replace(vm.channel.decoder.stats)
     if vm.channel is not None and vm.channel.error is not None:
         raise GuestLostError(
             f"channel reader failed: {vm.channel.error}",
@@ -295,3 +316,62 @@ def _finish(vm: Vm, out: GuestRun, coord: Coordinator, t0: float) -> None:
             argv=vm.argv,
             console_tail=vm.console_tail(),
         )
+
+
+# -- scenarios --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerRun:
+    """The scheduler under test as the guest starts it (a host path)."""
+
+    binary: Path
+    args: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.binary.name
+
+
+def scheduler_binary(name_or_path: str, kernel: Kernel) -> Path:
+    """A path, or a name found next to the kernel (``schedulers/``) or on PATH."""
+    import shutil
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    candidates = []
+    if kernel.schedulers_dir is not None:
+        candidates.append(kernel.schedulers_dir / name_or_path)
+    which = shutil.which(name_or_path)
+    if which:
+        candidates.append(Path(which))
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    where = f" or in {kernel.schedulers_dir}" if kernel.schedulers_dir else ""
+    raise ConfigError(
+        f"scheduler {name_or_path!r} not found (not a file{where}, not on PATH)",
+        hint="pass --scheduler /path/to/scx_binary",
+    )
+
+
+def run_scenario(
+    req: BootRequest,
+    plan: Plan,
+    scheduler: SchedulerRun | None = None,
+    on_text: TextSink | None = None,
+    attach_timeout: float = 60.0,
+) -> GuestRun:
+    """Boot a VM, run ``plan`` under ``scheduler`` (None = EEVDF), return what
+    came back (worker reports, stimuli, scheduler exit and output)."""
+    job: dict[str, Any] = {
+        "mode": "scenario",
+        "plan": to_data(plan),
+        "attach_timeout": attach_timeout,
+        "host_paths": list(req.job.get("host_paths", [])),
+    }
+    if scheduler is not None:
+        job["scheduler"] = {"binary": str(scheduler.binary), "args": list(scheduler.args)}
+        job["host_paths"].append(str(scheduler.binary))
+    return run_guest(dataclasses.replace(req, job=job), on_text=on_text)

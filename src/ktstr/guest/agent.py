@@ -71,9 +71,12 @@ class Port:
         self._dec = FrameDecoder()
 
     def send(self, data: bytes) -> None:
+        """Write a whole frame: a virtio-serial write may take only part."""
+        view = memoryview(data)
+        fd = self._fd.fileno()
         with self._lock:
-            self._fd.write(data)
-            self._fd.flush()
+            while view:
+                view = view[os.write(fd, view) :]
 
     def request_snapshot(self, request_id: int, capture: CaptureKind, timeout: float) -> int:
         """Ask the host to freeze and capture; block until its reply.
@@ -223,6 +226,10 @@ def do_job(port: Port, job: dict[str, Any]) -> int:
         return run_exec(port, str(job["command"]))
     if mode == "shell":
         return run_shell()
+    if mode == "scenario":
+        from ktstr.guest.scenario import run_scenario  # only scenario runs pay for it
+
+        return run_scenario(port, job)
     if mode == "snapshot":
         t0 = time.monotonic()
         status = port.request_snapshot(1, CaptureKind.REGISTERS, timeout=60.0)

@@ -51,6 +51,8 @@ class VmSpec:
     root_share: Path = Path("/")
     interactive: bool = False
     cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+    #: Where the unix sockets go; None = run_dir (sun_path holds 108 bytes).
+    socket_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.memory_mb < 0:
@@ -64,11 +66,11 @@ class VmSpec:
 
     @property
     def channel_socket(self) -> Path:
-        return self.run_dir / "channel.sock"
+        return (self.socket_dir or self.run_dir) / "channel.sock"
 
     @property
     def qmp_socket(self) -> Path:
-        return self.run_dir / "qmp.sock"
+        return (self.socket_dir or self.run_dir) / "qmp.sock"
 
     @property
     def share_dir(self) -> Path:

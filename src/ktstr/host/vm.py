@@ -47,6 +47,10 @@ def _die_with_parent_prefix() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--"]
 
 
+#: Longest run dir that still fits "/qmp.sock" and "/channel.sock" in sun_path.
+SOCKET_DIR_MAX = 90
+
+
 class VmState(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -79,14 +83,19 @@ class Vm:
         self.argv: list[str] = []
         self.launched_at = 0.0
         self._listener: socket.socket | None = None
+        self._socket_dir: Path | None = None
         self._stderr_file: Any = None
 
     # -- lifecycle ----------------------------------------------------------
     def launch(self, connect_timeout: float = 30.0) -> None:
         if self.state is not VmState.NEW:
             raise VmError(f"launch() on a VM in state {self.state.value}")
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"ktstr-{self.name}-"))
-        self.spec = dataclasses.replace(self._spec_template, run_dir=self.run_dir)
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"ktstr-{self.name[:16]}-"))
+        if len(str(self.run_dir)) > SOCKET_DIR_MAX:  # a long $TMPDIR
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="ktstr-", dir="/tmp"))
+        self.spec = dataclasses.replace(
+            self._spec_template, run_dir=self.run_dir, socket_dir=self._socket_dir
+        )
         self.spec.share_dir.mkdir()
         (self.spec.share_dir / "job.json").write_text(json.dumps(self.job))
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -205,6 +214,8 @@ class Vm:
                 if keep_evidence:
                     self.artifacts = self._keep_evidence(self.run_dir)
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
             self.state = VmState.CLOSED
         return self.artifacts
 

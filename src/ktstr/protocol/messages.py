@@ -151,6 +151,8 @@ class WorkerReports(JsonPayload):
     KIND = MessageKind.WORKER_REPORTS
     cgroup: str = ""
     reports: list[dict[str, Any]] = field(default_factory=list)
+    #: Union of the cpusets the cgroup was ever given; None = unrestricted.
+    cpus: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,345 @@
+"""Forked worker processes and their telemetry.
+
+Workers are processes (cgroups are per process). Each moves itself into its
+cgroup, applies policy, nice and affinity, waits on a shared start barrier
+(a pipe) so a step's workers start together, runs its work kind until
+SIGUSR1, and writes a JSON report to a file the agent collects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ktstr.guest.work_types import Ctx, Shared, make_shared, make_step
+from ktstr.spec.scenario import PlanCgroup
+from ktstr.spec.work import PolicyKind, SchedPolicy, Work, describe_work
+
+MAX_LAT_SAMPLES = 20000
+_libc = ctypes.CDLL(None, use_errno=True)
+_POLICIES = {
+    PolicyKind.NORMAL: os.SCHED_OTHER, PolicyKind.BATCH: os.SCHED_BATCH,
+    PolicyKind.IDLE: os.SCHED_IDLE, PolicyKind.FIFO: os.SCHED_FIFO, PolicyKind.RR: os.SCHED_RR,
+}  # fmt: skip
+
+
+def schedstat() -> tuple[int, int, int]:
+    """(on-CPU ns, run-queue wait ns, timeslices) of this task."""
+    try:
+        a, b, c = Path("/proc/self/schedstat").read_text().split()[:3]
+        return int(a), int(b), int(c)
+    except (OSError, ValueError):
+        return (0, 0, 0)
+
+
+class Telemetry:
+    """Per-iteration bookkeeping; ``tick`` is on the hot path."""
+
+    __slots__ = (
+        "cpus",
+        "iterations",
+        "last",
+        "last_cpu",
+        "lat",
+        "lat_seen",
+        "max_gap",
+        "max_gap_at",
+        "max_gap_cpu",
+        "migrations",
+        "rnd",
+        "t0",
+        "units",
+    )
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic_ns()
+        self.iterations = self.units = self.migrations = 0
+        self.max_gap = self.max_gap_at = 0
+        self.last_cpu = self.max_gap_cpu = _libc.sched_getcpu()
+        self.cpus = {self.last_cpu}
+        self.lat: list[int] = []
+        self.lat_seen = 0
+        self.rnd = random.Random(os.getpid())
+
+    def tick(self, units: int = 1, blocked_ns: int = 0) -> None:
+        now = time.monotonic_ns()
+        cpu = _libc.sched_getcpu()
+        gap = now - self.last - blocked_ns
+        if gap > self.max_gap:
+            self.max_gap, self.max_gap_at, self.max_gap_cpu = gap, self.last - self.t0, cpu
+        if cpu != self.last_cpu:
+            self.migrations += 1
+            self.cpus.add(cpu)
+            self.last_cpu = cpu
+        self.iterations += 1
+        self.units += units
+        self.last = now
+
+    def latency(self, ns: int) -> None:
+        """A wake-to-run latency sample (reservoir-capped)."""
+        self.lat_seen += 1
+        if len(self.lat) < MAX_LAT_SAMPLES:
+            self.lat.append(ns)
+        else:
+            j = self.rnd.randrange(self.lat_seen)
+            if j < MAX_LAT_SAMPLES:
+                self.lat[j] = ns
+
+
+class _Stop(BaseException):
+    pass
+
+
+def _on_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+@dataclass
+class WorkerSpec:
+    cgroup: str
+    procs_dir: str
+    index: int
+    work: Work
+    policy: SchedPolicy
+    nice: int
+    affinity: tuple[int, ...] | None
+    allowed: tuple[int, ...]
+    role: int = 0
+    shared: Shared = field(default_factory=Shared)
+
+
+def _setup(spec: WorkerSpec) -> None:
+    with open(os.path.join(spec.procs_dir, "cgroup.procs"), "w") as f:
+        f.write("0")
+    if spec.affinity is not None:
+        os.sched_setaffinity(0, spec.affinity)
+    if spec.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, spec.nice)
+    if spec.policy.kind is not PolicyKind.NORMAL:
+        os.sched_setscheduler(0, _POLICIES[spec.policy.kind], os.sched_param(spec.policy.priority))
+
+
+def _report(
+    spec: WorkerSpec, tel: Telemetry, wall0: float, cpu0: float, ss0: tuple[int, int, int]
+) -> dict[str, Any]:
+    ss1 = schedstat()
+    times = os.times()
+    wall = time.monotonic() - wall0
+    return {
+        "cgroup": spec.cgroup, "index": spec.index, "pid": os.getpid(),
+        "work": describe_work(spec.work), "policy": spec.policy.kind.value, "nice": spec.nice,
+        "affinity": list(spec.affinity) if spec.affinity is not None else None,
+        "iterations": tel.iterations, "work_units": tel.units,
+        "wall_s": wall, "cpu_s": times.user + times.system - cpu0,
+        "max_gap_ms": tel.max_gap / 1e6, "max_gap_at_ms": tel.max_gap_at / 1e6,
+        "max_gap_cpu": tel.max_gap_cpu, "cpus": sorted(tel.cpus), "migrations": tel.migrations,
+        "wake_lat_us": [round(x / 1e3, 2) for x in tel.lat], "wake_samples": tel.lat_seen,
+        "on_cpu_ms": (ss1[0] - ss0[0]) / 1e6, "run_delay_ms": (ss1[1] - ss0[1]) / 1e6,
+        "timeslices": ss1[2] - ss0[2],
+    }  # fmt: skip
+
+
+def _child(spec: WorkerSpec, barrier_r: int, report_path: str) -> None:
+    """Runs in the forked worker; never returns."""
+    code = 0
+    report: dict[str, Any] = {"cgroup": spec.cgroup, "index": spec.index, "pid": os.getpid()}
+    tel: Telemetry | None = None
+    wall0, cpu0, ss0 = 0.0, 0.0, (0, 0, 0)
+    try:
+        signal.signal(signal.SIGUSR1, _on_stop)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _setup(spec)
+        try:
+            os.read(barrier_r, 1)
+            wall0, ss0 = time.monotonic(), schedstat()
+            t = os.times()
+            cpu0 = t.user + t.system
+            tel = Telemetry()
+            step = make_step(Ctx(spec.work, tel, spec.index, spec.role, spec.shared, spec.allowed))
+            while True:
+                step()
+        except _Stop:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        if tel is not None:
+            report = _report(spec, tel, wall0, cpu0, ss0)
+    except BaseException as exc:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        code = 1
+    finally:
+        try:
+            with open(report_path, "w") as f:
+                json.dump(report, f)
+        finally:
+            os._exit(code)
+
+
+def _close_parent_copies(specs: list[WorkerSpec]) -> None:
+    """The workers hold the pair pipes and pages now; the agent needs none."""
+    seen: set[int] = set()
+    for spec in specs:
+        sh = spec.shared
+        if id(sh) in seen:
+            continue
+        seen.add(id(sh))
+        for r, w in sh.pipes or ():
+            os.close(r)
+            os.close(w)
+        if sh.page is not None:
+            sh.page.close()
+
+
+@dataclass
+class Worker:
+    pid: int
+    spec: WorkerSpec
+    report_path: str
+    report: dict[str, Any] | None = None
+
+
+class WorkerPool:
+    """Owns every worker process of a run. ``close()`` kills and reaps all."""
+
+    def __init__(self, report_dir: str = "/tmp/ktstr-reports") -> None:
+        self.report_dir = report_dir
+        os.makedirs(report_dir, exist_ok=True)
+        self.workers: list[Worker] = []
+        self._barrier: tuple[int, int] | None = None
+        self._pending = 0
+
+    def spawn(self, specs: list[WorkerSpec]) -> list[Worker]:
+        """Fork workers; they wait until ``release()``."""
+        if self._barrier is None:
+            self._barrier = os.pipe()
+        out = []
+        for spec in specs:
+            path = os.path.join(
+                self.report_dir,
+                f"{spec.cgroup.replace('/', '.')}-{spec.index}-{len(self.workers)}.json",
+            )
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                _child(spec, self._barrier[0], path)
+            w = Worker(pid, spec, path)
+            self.workers.append(w)
+            out.append(w)
+            self._pending += 1
+        _close_parent_copies(specs)
+        return out
+
+    def release(self) -> None:
+        """Start every worker spawned since the last release, together."""
+        if self._barrier is None:
+            return
+        r, w = self._barrier
+        os.write(w, b"g" * self._pending)
+        os.close(w)
+        os.close(r)
+        self._barrier, self._pending = None, 0
+
+    def running(self, cgroup: str | None = None) -> list[Worker]:
+        return [
+            w
+            for w in self.workers
+            if w.report is None
+            and (
+                cgroup is None or w.spec.cgroup == cgroup or w.spec.cgroup.startswith(cgroup + "/")
+            )
+        ]
+
+    def stop(self, cgroup: str | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Stop workers (of one cgroup subtree, or all), collect reports."""
+        targets = self.running(cgroup)
+        self.release()  # never leave a worker waiting on the barrier
+        for w in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        for w in targets:
+            self._reap(w, deadline)
+        return [w.report for w in targets if w.report is not None]
+
+    def _reap(self, w: Worker, deadline: float) -> None:
+        while True:
+            pid, status = os.waitpid(w.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(w.pid, signal.SIGKILL)
+                os.waitpid(w.pid, 0)
+                status = -9
+                break
+            time.sleep(0.005)
+        try:
+            with open(w.report_path) as f:
+                w.report = json.load(f)
+            os.unlink(w.report_path)
+        except (OSError, ValueError):
+            w.report = {
+                "cgroup": w.spec.cgroup,
+                "index": w.spec.index,
+                "pid": w.pid,
+                "error": f"no report (exit status {status})",
+            }
+
+    def set_affinity(
+        self, cgroup: str, affinities: tuple[tuple[int, ...] | None, ...], all_cpus: tuple[int, ...]
+    ) -> None:
+        for i, w in enumerate(self.running(cgroup)):
+            cpus = affinities[i % len(affinities)] if affinities else None
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(w.pid, cpus if cpus is not None else all_cpus)
+
+    def close(self) -> None:
+        self.release()
+        for w in self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(w.pid, 0)
+            w.report = w.report or {"cgroup": w.spec.cgroup, "error": "killed at teardown"}
+
+
+def specs_for(
+    pc: PlanCgroup,
+    procs_dir: str,
+    *,
+    count: int,
+    first_index: int,
+    all_cpus: tuple[int, ...],
+    scratch_dir: str = "/tmp",
+) -> list[WorkerSpec]:
+    """Specs for ``count`` new workers of ``pc``, with their pair/cgroup resources."""
+    specs = []
+    work = pc.work
+    allowed = pc.cpus if pc.cpus is not None else all_cpus
+    shared = make_shared(work, scratch_dir, pc.path.replace("/", "."))
+    for k in range(count):
+        i = first_index + k
+        if work.paired and k % 2 == 0:
+            shared = make_shared(work, scratch_dir, f"{pc.path}-{i}")
+        aff = pc.affinities[i % len(pc.affinities)] if pc.affinities else None
+        specs.append(
+            WorkerSpec(
+                cgroup=pc.path,
+                procs_dir=procs_dir,
+                index=i,
+                work=work,
+                policy=pc.policy,
+                nice=pc.nice,
+                affinity=aff,
+                allowed=allowed,
+                role=k % 2 if work.paired else 0,
+                shared=shared,
+            )
+        )
+    return specs

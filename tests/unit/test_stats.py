@@ -1,0 +1,56 @@
+import pytest
+
+from ktstr.evaluate.stats import cgroup_stats, format_stats, off_cpu_pct, percentile, run_stats
+
+
+def rep(on_ms, wall=2.0, gap=5.0, cpus=(0,), lat=(), **kw):
+    return {
+        "on_cpu_ms": on_ms,
+        "wall_s": wall,
+        "max_gap_ms": gap,
+        "max_gap_cpu": cpus[-1],
+        "max_gap_at_ms": 100.0,
+        "cpus": list(cpus),
+        "migrations": len(cpus) - 1,
+        "iterations": 10,
+        "work_units": 10,
+        "wake_lat_us": list(lat),
+        "wake_samples": len(lat),
+        **kw,
+    }
+
+
+def test_percentile_nearest_rank():
+    assert percentile([], 50) == 0.0
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([float(x) for x in range(1, 101)], 50) == 50.0
+    assert percentile([float(x) for x in range(1, 101)], 99) == 99.0
+
+
+def test_off_cpu_and_spread():
+    assert off_cpu_pct(rep(1500)) == pytest.approx(25.0)
+    c = cgroup_stats("cg0", [rep(1800), rep(1500), rep(2000)])
+    assert c.spread_pct == pytest.approx(25.0)
+
+
+def test_worst_gap_and_latency_and_errors():
+    c = cgroup_stats(
+        "cg",
+        [
+            rep(1000, gap=3500, cpus=(0, 1), lat=(10, 20, 30)),
+            rep(1000, gap=20, lat=(40,)),
+            {"cgroup": "cg", "error": "boom"},
+        ],
+    )
+    assert (c.max_gap_ms, c.max_gap_cpu, c.migrations) == (3500, 1, 1)
+    assert c.wake_samples == 4 and c.wake_p50_us == 20 and c.wake_p99_us == 40
+    assert c.workers == 3 and c.errors == ("boom",)
+
+
+def test_format_stats_block():
+    stats = run_stats(
+        [("cg0", [rep(1900, gap=3500, cpus=(0, 1)), rep(1700)], [0, 1]), ("cg1", [rep(2000)], None)]
+    )
+    lines = format_stats(stats)
+    assert lines[0] == ("3 workers, 2 cpus, 1 migrations, worst_spread=10.0%, worst_gap=3500ms")
+    assert lines[1] == "  cg0: workers=2 cpus=2 spread=10.0% gap=3500ms migrations=1 iter=20"

@@ -1,0 +1,104 @@
+"""Scenarios in real VMs under EEVDF and under sched_ext schedulers from the
+shared kernel directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from ktstr.evaluate.stats import run_stats
+from ktstr.runner import BootRequest, GuestRun, SchedulerRun, run_scenario, scheduler_binary
+from ktstr.spec.catalog import SCENARIOS
+from ktstr.spec.scenario import resolve
+from ktstr.spec.topology import Topology
+
+TOPO = Topology.parse("1n2l2c1t")
+
+
+def scenario(
+    kernel, name: str, duration: float = 3.0, sched: SchedulerRun | None = None
+) -> GuestRun:
+    req = BootRequest(kernel=kernel, topology=TOPO, job={}, name=name)
+    return run_scenario(req, resolve(SCENARIOS[name], TOPO, duration), sched)
+
+
+def sched(kernel, name: str, *args: str) -> SchedulerRun:
+    if kernel.schedulers_dir is None or not (kernel.schedulers_dir / name).exists():
+        pytest.skip(f"host lacks {name} next to the kernel ({kernel.directory}/schedulers)")
+    return SchedulerRun(binary=scheduler_binary(name, kernel), args=args)
+
+
+def assert_clean(run: GuestRun, name: str) -> None:
+    result = run.result(name)
+    assert result is not None, "the guest sent no scenario result"
+    assert result.data["leftover_cgroups"] == [] and result.data["leftover_workers"] == 0
+    assert run.exit_code == 0
+
+
+def test_steady_under_eevdf(kernel, isolated):
+    run = scenario(kernel, "steady")
+    stats = run_stats([(w.cgroup, w.reports, w.cpus) for w in run.worker_reports])
+    assert [c.name for c in stats.cgroups] == ["cg0", "cg1"]
+    assert stats.workers == 4
+    for r in (r for w in run.worker_reports for r in w.reports):
+        assert "error" not in r, r
+        assert r["work_units"] > 0 and r["wall_s"] > 2.0 and r["cpus"]
+    assert run.sched_exit is None
+    assert [s.op for s in run.stimuli] == ["add_cgroup", "add_cgroup"]
+    assert_clean(run, "steady")
+
+
+def test_steady_under_scx_simple(kernel, isolated):
+    run = scenario(kernel, "steady", sched=sched(kernel, "scx_simple"))
+    assert any(
+        lc.phase == "scheduler_attached" and lc.detail["ops"] == "simple" for lc in run.lifecycle
+    )
+    assert any(lc.phase == "scheduler_stopped" for lc in run.lifecycle)
+    assert run.sched_exit is None
+    reports = [r for w in run.worker_reports for r in w.reports]
+    assert len(reports) == 4 and all(r["work_units"] > 0 for r in reports)
+    assert_clean(run, "steady")
+
+
+def test_scheduler_error_mid_run_is_reported_with_reason_and_dump(kernel, isolated):
+    run = scenario(kernel, "steady", duration=8.0, sched=sched(kernel, "scx_qmap", "-e", "200"))
+    se = run.sched_exit
+    assert se is not None, "scx_qmap -e should have died"
+    assert se.exit_kind == "error_bpf"
+    assert "scx_bpf_error" in se.reason and "test triggering error" in se.reason
+    assert se.dump.strip(), "no debug dump"
+    assert run.sched_log, "the scheduler's output was not captured"
+
+
+def test_scheduler_that_never_attaches(kernel, isolated, tmp_path):
+    fake = tmp_path / "scx_broken"
+    fake.write_text("#!/bin/sh\necho 'failed to load BPF skeleton' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    run = scenario(kernel, "steady", sched=SchedulerRun(binary=fake))
+    assert run.sched_exit is not None and run.sched_exit.exit_kind == "not_attached"
+    assert "exited with status 3" in run.sched_exit.reason
+    assert "failed to load BPF skeleton" in run.sched_exit.dump
+    assert not run.worker_reports
+
+
+def test_disjoint_cpusets_keep_workers_on_their_cpus(kernel, isolated):
+    run = scenario(kernel, "cpuset_disjoint")
+    by_cg = {w.cgroup: w for w in run.worker_reports}
+    assert by_cg["left"].cpus == [0, 1] and by_cg["right"].cpus == [2, 3]
+    for w in run.worker_reports:
+        for r in w.reports:
+            assert r["work_units"] > 0
+            assert set(r["cpus"]) <= set(w.cpus), f"{w.cgroup} ran on {r['cpus']}"
+    assert_clean(run, "cpuset_disjoint")
+
+
+def test_paired_work_reports_wake_latencies(kernel, isolated):
+    run = scenario(kernel, "wake_latency")
+    stats = {
+        c.name: c
+        for c in run_stats([(w.cgroup, w.reports, w.cpus) for w in run.worker_reports]).cgroups
+    }
+    for name in ("futex", "pipe"):
+        c = stats[name]
+        assert c.workers == 2 and not c.errors
+        assert c.wake_samples > 10 and 0 < c.wake_p50_us <= c.wake_p99_us
+    assert_clean(run, "wake_latency")
