@@ -9,6 +9,7 @@ import fcntl
 import importlib
 import mmap
 import os
+import signal
 import struct
 import time
 from collections.abc import Callable
@@ -26,9 +27,22 @@ _libc.syscall.restype = ctypes.c_long
 _ns = time.monotonic_ns
 
 
+try:  # the C hot loops (src/ktstr/_native.c); pure Python when not built
+    from ktstr import _native
+
+    NATIVE = True
+except ImportError:  # pragma: no cover - depends on the install
+    NATIVE = False
+
+
+class Stop(BaseException):
+    """Raised in a worker when it is told to stop (SIGUSR1)."""
+
+
 class Tel(Protocol):
     def tick(self, units: int = 1, blocked_ns: int = 0) -> None: ...
     def latency(self, ns: int) -> None: ...
+    def absorb(self, native: dict[str, object]) -> None: ...
 
 
 def spin(n: int = SPIN_UNIT) -> int:
@@ -135,9 +149,28 @@ def _bursty(ctx: Ctx) -> Step:
     return step
 
 
+def _native_pingpong(ctx: Ctx, kind: int) -> Step:
+    """Run the whole exchange in C until SIGUSR1, then stop."""
+    rd = wr = -1
+    if ctx.shared.pipes is not None:
+        (ab_r, ab_w), (ba_r, ba_w) = ctx.shared.pipes
+        rd, wr = (ba_r, ab_w) if ctx.role == 0 else (ab_r, ba_w)
+    page = ctx.shared.page if ctx.shared.page is not None else bytearray(16)
+
+    def step() -> None:
+        from ktstr.guest.workers import MAX_LAT_SAMPLES
+
+        ctx.tel.absorb(_native.pingpong(kind, ctx.role, rd, wr, page, MAX_LAT_SAMPLES))
+        raise Stop
+
+    return step
+
+
 def _pipe_io(ctx: Ctx) -> Step:
     """Role 0 sends its timestamp, then waits for the reply; role 1 waits,
     then replies. The reader records now - the sender's stamp."""
+    if NATIVE:
+        return _native_pingpong(ctx, 1)
     assert ctx.shared.pipes is not None
     (ab_r, ab_w), (ba_r, ba_w) = ctx.shared.pipes
     rd, wr = (ba_r, ab_w) if ctx.role == 0 else (ab_r, ba_w)
@@ -173,6 +206,8 @@ def _futex(addr: int, op: int, val: int, timeout_ns: int = 0) -> int:
 def _futex_pingpong(ctx: Ctx) -> Step:
     """Word 0 is whose turn it is (0 or 1); word 2 (int64) is when the
     waker wrote it. The woken side records now - that as wake latency."""
+    if NATIVE:
+        return _native_pingpong(ctx, 0)
     page = ctx.shared.page
     assert page is not None
     turn = ctypes.c_int32.from_buffer(page, 0)
@@ -210,9 +245,15 @@ def _cache_pressure(ctx: Ctx) -> Step:
 
 def _fork_exit(ctx: Ctx) -> Step:
     def step() -> None:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
+        # The stop signal waits until after fork: raised inside an at-fork
+        # hook it would be ignored.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         t = _ns()
         os.waitpid(pid, 0)
         ctx.tel.tick(blocked_ns=_ns() - t)

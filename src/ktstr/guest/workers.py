@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ktstr.guest.work_types import Ctx, Shared, make_shared, make_step
+from ktstr.guest.work_types import NATIVE, Ctx, Shared, Stop, make_shared, make_step
 from ktstr.spec.scenario import PlanCgroup
 from ktstr.spec.work import PolicyKind, SchedPolicy, Work, describe_work
 
@@ -83,6 +83,20 @@ class Telemetry:
         self.units += units
         self.last = now
 
+    def absorb(self, native: dict[str, Any]) -> None:
+        """Take over the telemetry of a native loop (``ktstr._native``)."""
+        self.iterations += int(native["iterations"])
+        self.units += int(native["iterations"])
+        if native["max_gap_ns"] > self.max_gap:
+            self.max_gap = int(native["max_gap_ns"])
+            self.max_gap_at = int(native["t0_ns"]) + int(native["max_gap_at_ns"]) - self.t0
+            self.max_gap_cpu = int(native["max_gap_cpu"])
+        self.migrations += int(native["migrations"])
+        self.cpus.update(native["cpus"])
+        self.last = time.monotonic_ns()
+        self.lat.extend(native["lat_ns"][: MAX_LAT_SAMPLES - len(self.lat)])
+        self.lat_seen += int(native["lat_seen"])
+
     def latency(self, ns: int) -> None:
         """A wake-to-run latency sample (reservoir-capped)."""
         self.lat_seen += 1
@@ -94,12 +108,14 @@ class Telemetry:
                 self.lat[j] = ns
 
 
-class _Stop(BaseException):
-    pass
+_stop_requested = [False]
 
 
 def _on_stop(signum: int, frame: object) -> None:
-    raise _Stop
+    # Raising breaks out of blocking calls; the flag covers a raise that gets
+    # swallowed (e.g. inside an at-fork hook, which ignores exceptions).
+    _stop_requested[0] = True
+    raise Stop
 
 
 @dataclass
@@ -143,7 +159,7 @@ def _report(
         "max_gap_cpu": tel.max_gap_cpu, "cpus": sorted(tel.cpus), "migrations": tel.migrations,
         "wake_lat_us": [round(x / 1e3, 2) for x in tel.lat], "wake_samples": tel.lat_seen,
         "on_cpu_ms": (ss1[0] - ss0[0]) / 1e6, "run_delay_ms": (ss1[1] - ss0[1]) / 1e6,
-        "timeslices": ss1[2] - ss0[2],
+        "timeslices": ss1[2] - ss0[2], "native": NATIVE and spec.work.paired,
     }  # fmt: skip
 
 
@@ -165,9 +181,9 @@ def _child(spec: WorkerSpec, barrier_r: int, report_path: str) -> None:
             cpu0 = t.user + t.system
             tel = Telemetry()
             step = make_step(Ctx(spec.work, tel, spec.index, spec.role, spec.shared, spec.allowed))
-            while True:
+            while not _stop_requested[0]:
                 step()
-        except _Stop:
+        except Stop:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         if tel is not None:
             report = _report(spec, tel, wall0, cpu0, ss0)

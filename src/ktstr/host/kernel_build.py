@@ -217,6 +217,7 @@ def llvm_suffix() -> str:
 def _build_schedulers(tree: Path, out: Path, dest: Path, jobs: int) -> None:
     """tools/sched_ext against the just-built vmlinux's BTF."""
     build = out / "sched_ext"
+    build.mkdir(parents=True, exist_ok=True)  # tools/ Makefiles insist O= exists
     argv = ["make", "-C", str(tree / "tools/sched_ext"), f"O={build}", f"-j{jobs}",
             f"LLVM={llvm_suffix()}", f"VMLINUX_BTF={out / 'vmlinux'}"]  # fmt: skip
     _make_with_progress(argv, out / "sched_ext.log")
