@@ -26,11 +26,18 @@ from ktstr.protocol.messages import (
 
 def mix(name: str, target: int, rnd: random.Random) -> tuple[bytes, int]:
     enc = Encoder()
-    report = {"tid": 1234, "work_units": 123456, "max_gap_ms": 12.5, "cpus": [0, 1, 2],
-              "migrations": 17, "wake_lat_us": [rnd.randint(5, 500) for _ in range(64)]}
+    report = {
+        "tid": 1234,
+        "work_units": 123456,
+        "max_gap_ms": 12.5,
+        "cpus": [0, 1, 2],
+        "migrations": 17,
+        "wake_lat_us": [rnd.randint(5, 500) for _ in range(64)],
+    }
     makers = {
-        "control (~60 B JSON)": [lambda: enc.message(Stimulus(t_ms=rnd.random() * 1e4,
-                                                               op="set_cpuset"))],
+        "control (~60 B JSON)": [
+            lambda: enc.message(Stimulus(t_ms=rnd.random() * 1e4, op="set_cpuset"))
+        ],
         "log chunks (4 KiB text)": [lambda: enc.text(MessageKind.SCHED_LOG, "x" * 4096)],
         "mixed (control, reports, logs, 16 KiB dumps)": [
             lambda: enc.message(Lifecycle(phase="tick")),
@@ -64,8 +71,11 @@ def main() -> None:
     args = ap.parse_args()
     rnd = random.Random(1)
     print(f"{'mix':46} {'chunk':>7} {'MB/s':>8} {'frames/s':>11}")
-    for name in ("control (~60 B JSON)", "log chunks (4 KiB text)",
-                 "mixed (control, reports, logs, 16 KiB dumps)"):
+    for name in (
+        "control (~60 B JSON)",
+        "log chunks (4 KiB text)",
+        "mixed (control, reports, logs, 16 KiB dumps)",
+    ):
         stream, count = mix(name, args.mb * 1_000_000, rnd)
         for chunk in (4096, 65536, 262144):
             secs, n = min((bench(stream, chunk) for _ in range(3)), key=lambda r: r[0])

@@ -1,9 +1,11 @@
 /* Reference for bench/workers.py: the same exchanges as ktstr's
  * FutexPingPong and PipeIo workers, in C. Two processes; each side records
  * wake latency = now - the waker's timestamp, as the Python workers do.
- * Usage: ref_pingpong futex|pipe SECONDS   -> prints "p50_us p99_us samples" */
+ * Usage: ref_pingpong futex|pipe SECONDS CPU_A CPU_B -> "p50_us p99_us samples"
+ * (side A pinned to CPU_A, side B to CPU_B, as the ktstr workers are). */
 #define _GNU_SOURCE
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +64,10 @@ static int run_pipe(int rd, int wr, int me, int64_t *lat, int64_t end) {
 }
 
 int main(int argc, char **argv) {
-	if (argc != 3) { fprintf(stderr, "usage: %s futex|pipe SECONDS\n", argv[0]); return 2; }
+	if (argc != 5) {
+		fprintf(stderr, "usage: %s futex|pipe SECONDS CPU_A CPU_B\n", argv[0]);
+		return 2;
+	}
 	int futex = strcmp(argv[1], "futex") == 0;
 	int64_t end = now_ns() + (int64_t)(atof(argv[2]) * 1e9);
 	struct shared *s = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -73,6 +78,10 @@ int main(int argc, char **argv) {
 	if (pipe(ab) || pipe(ba)) return 1;
 	pid_t pid = fork();
 	int me = pid == 0 ? 1 : 0;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(atoi(argv[3 + me]), &set);
+	if (sched_setaffinity(0, sizeof(set), &set)) { perror("sched_setaffinity"); return 1; }
 	int64_t *mine = lat + me * MAX_SAMPLES;
 	int n = futex ? run_futex(s, me, mine, end)
 		      : run_pipe(me ? ab[0] : ba[0], me ? ba[1] : ab[1], me, mine, end);

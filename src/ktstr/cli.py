@@ -98,7 +98,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_shell(args: argparse.Namespace) -> int:
     if args.exec:
-        req = _boot_request(args, {"mode": "exec", "command": args.exec}, name="exec")
+        # A command may run as long as it likes (Ctrl-C ends it): no idle limit.
+        req = _boot_request(
+            args, {"mode": "exec", "command": args.exec}, name="exec", idle_timeout=float("inf")
+        )
 
         def echo(kind: MessageKind, text: str) -> None:
             stream = sys.stdout if kind is MessageKind.STDOUT else sys.stderr
