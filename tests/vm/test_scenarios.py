@@ -102,3 +102,15 @@ def test_paired_work_reports_wake_latencies(kernel, isolated):
         assert c.workers == 2 and not c.errors
         assert c.wake_samples > 10 and 0 < c.wake_p50_us <= c.wake_p99_us
     assert_clean(run, "wake_latency")
+
+
+def test_scx_central_attaches_with_its_kthread_quirk(kernel, isolated):
+    """6.12: scx_central's init must run on CPU 0, on a kthread created at the
+    first enable; the agent pins it (retrying the attach once if needed)."""
+    run = scenario(kernel, "steady", sched=sched(kernel, "scx_central"))
+    assert run.sched_exit is None, run.sched_exit
+    assert any(
+        lc.phase == "scheduler_attached" and lc.detail["ops"] == "central" for lc in run.lifecycle
+    )
+    assert all(r["work_units"] > 0 for w in run.worker_reports for r in w.reports)
+    assert_clean(run, "steady")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ktstr.guest.cgroups import CgroupTree
-from ktstr.guest.sched_ext import Scheduler, scx_ops, scx_state
+from ktstr.guest.sched_ext import QUIRKS, Scheduler, pin_kthread, scx_ops, scx_state
 from ktstr.guest.workers import WorkerPool, specs_for
 from ktstr.protocol.messages import (
     Lifecycle,
@@ -66,9 +66,27 @@ class Executor:
         def death(kind: str, reason: str, dump: str, code: int | None) -> None:
             self.send(SchedExit(exit_kind=kind, reason=reason, dump=dump[-60000:], returncode=code))
 
+        quirk = QUIRKS.get(os.path.basename(binary))
+        if quirk:
+            pin_kthread(*quirk)  # exists only after a first enable
         self.sched = Scheduler(binary, args, on_output=output, on_death=death)
         self.sched.start()
         why = self.sched.wait_attached(timeout)
+        if why is not None and quirk and pin_kthread(*quirk):
+            self.send(
+                Lifecycle(
+                    phase="scheduler_retry",
+                    detail={
+                        "reason": why,
+                        "kernel_log": self.sched.kernel_log(),
+                        "quirk": f"pinned {quirk[0]} to CPU {quirk[1]}",
+                    },
+                )
+            )
+            self.sched.stop()
+            self.sched = Scheduler(binary, args, on_output=output, on_death=death)
+            self.sched.start()
+            why = self.sched.wait_attached(timeout)
         if why is None:
             self.send(
                 Lifecycle(
@@ -203,7 +221,14 @@ def run_scenario(port: Any, job: dict[str, Any]) -> int:
             )
             if why is not None:
                 assert ex.sched is not None
-                ex.send(SchedExit(exit_kind="not_attached", reason=why, dump=ex.sched.output()))
+                klog = "\n".join(ex.sched.kernel_log())
+                ex.send(
+                    SchedExit(
+                        exit_kind="not_attached",
+                        reason=why,
+                        dump=f"{ex.sched.output()}\n{klog}".strip(),
+                    )
+                )
                 return 2
         summary = ex.run()
     finally:

@@ -36,6 +36,27 @@ EXIT_KINDS = {
 }
 
 
+#: Scheduler name -> (kernel thread, CPU) it needs that thread pinned to.
+#: 6.12: ops.init() runs on the lazily created scx_ops_enable_helper kthread,
+#: and scx_central's init refuses any CPU but its central CPU (0).
+QUIRKS: dict[str, tuple[str, int]] = {"scx_central": ("scx_ops_enable_helper", 0)}
+
+
+def pin_kthread(comm: str, cpu: int) -> bool:
+    """Pin every kernel thread named ``comm`` to ``cpu``; False if none."""
+    found = False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() == comm:
+                os.sched_setaffinity(int(proc.name), {cpu})
+                found = True
+        except OSError:
+            continue
+    return found
+
+
 def scx_state() -> str:
     try:
         return (SCX / "state").read_text().strip()
@@ -140,6 +161,11 @@ class Scheduler:
 
     def output(self) -> str:
         return "\n".join(self.tail)
+
+    def kernel_log(self) -> list[str]:
+        """sched_ext kernel log lines since start (for a failed attach)."""
+        lines = self._kmsg.read_new() if self._kmsg else []
+        return [x for x in lines if "sched_ext" in x or x.startswith("   ")]
 
     def wait_attached(self, timeout: float) -> str | None:
         """None once attached, else why not (with the process's state)."""

@@ -258,12 +258,16 @@ class Vm:
         return self.console.tail(lines) if self.console else ""
 
     def qemu_stderr(self) -> str:
+        """QEMU's stderr without TCG's per-feature CPU model warnings."""
         if self.run_dir is None:
             return ""
         path = self.run_dir / "qemu.stderr"
         try:
             if self._stderr_file is not None:
                 self._stderr_file.flush()
-            return path.read_text(errors="replace")
+            text = path.read_text(errors="replace")
         except OSError:
             return ""
+        return "\n".join(
+            ln for ln in text.splitlines() if "doesn't support requested feature" not in ln
+        )
