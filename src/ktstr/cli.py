@@ -5,26 +5,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ktstr.errors import ConfigError, Interrupted, KtstrError
-from ktstr.evaluate.stats import RunStats, format_stats, run_stats
 from ktstr.evaluate.topology import topology_mismatches
+from ktstr.evaluate.verdict import Status
 from ktstr.host import kernel as kern
 from ktstr.host.kernel_build import BuildRequest, build_kernel
+from ktstr.host.vm import results_root
 from ktstr.protocol.messages import MessageKind
-from ktstr.runner import (
-    BootRequest,
-    GuestRun,
-    SchedulerRun,
-    run_guest,
-    run_scenario,
-    scheduler_binary,
-)
+from ktstr.report import to_junit, to_ktap, to_text
+from ktstr.runner import BootRequest, SchedulerRun, execute, run_guest, scheduler_binary
 from ktstr.spec.catalog import CATALOG, SCENARIOS
-from ktstr.spec.scenario import resolve
+from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
+from ktstr.spec.scenario import Scenario, resolve
 from ktstr.spec.topology import PRESET_LIST, Topology
 
 log = logging.getLogger("ktstr")
@@ -127,29 +126,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outcome(run: GuestRun, stats: RunStats) -> tuple[bool, str]:
-    if run.sched_exit is not None:
-        se = run.sched_exit
-        return False, f"scheduler died: {se.exit_kind}: {se.reason}"
-    result = next((r for r in run.results if r.name != "topology"), None)
-    if result is None:
-        return False, "the guest sent no scenario result"
-    sent = int(result.data.get("workers", 0))
-    if stats.workers != sent:
-        return False, (
-            f"received {stats.workers} of {sent} worker reports "
-            f"(decoder: {run.decoder.crc_errors} CRC errors, "
-            f"{run.decoder.truncated} truncated)"
-        )
-    if result.data.get("leftover_cgroups") or result.data.get("leftover_workers"):
-        return False, f"left behind: {result.data}"
-    errors = [e for c in stats.cgroups for e in c.errors]
-    if errors:
-        return False, f"{len(errors)} worker(s) failed: {errors[0]}"
-    starved = [c.name for c in stats.cgroups if c.workers and c.work_units == 0]
-    if starved:
-        return False, f"no progress in {', '.join(starved)}"
-    return True, "completed"
+def _chain(scenario: Scenario | None, args: argparse.Namespace) -> Thresholds:
+    """defaults -> scheduler (definitions come with the pytest plugin) ->
+    scenario -> --threshold."""
+    return merge(
+        DEFAULTS, None, scenario.thresholds if scenario else None, Thresholds.parse(args.threshold)
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -159,6 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"unknown scenario(s): {', '.join(unknown)}", hint="'ktstr list' shows the catalog"
         )
+    for n in names:
+        _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
     base = _boot_request(args, {}, name="run")
     plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
     sched = None
@@ -167,28 +151,79 @@ def cmd_run(args: argparse.Namespace) -> int:
             binary=scheduler_binary(args.scheduler, base.kernel), args=tuple(args.sched_args)
         )
     label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
-    failed = 0
+    root = Path(args.results) if args.results else results_root()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    records = []
     for plan in plans:
         print(
             f"== {plan.scenario}: {base.topology} ({base.topology.cpus} vCPUs), "
             f"{plan.duration_s:g}s, {label}",
             flush=True,
+            file=sys.stderr if args.ktap else sys.stdout,
         )
-        run = run_scenario(dataclasses.replace(base, name=plan.scenario), plan, sched)
-        stats = run_stats([(w.cgroup, w.reports, w.cpus) for w in run.worker_reports])
-        for line in format_stats(stats):
-            print(line)
-        ok, outcome = _outcome(run, stats)
-        if run.sched_exit is not None and run.sched_exit.dump:
-            print("scheduler dump (tail):")
-            for line in run.sched_exit.dump.strip().splitlines()[-15:]:
-                print(f"  | {line}")
+        out_dir = root / f"{stamp}-{plan.scenario}-{base.topology}"
+        rec = execute(
+            dataclasses.replace(base, name=plan.scenario),
+            plan,
+            sched,
+            _chain(SCENARIOS[plan.scenario], args),
+            out_dir,
+        )
+        records.append(rec)
+        if not args.ktap:
+            print(to_text(rec))
+            print(f"result: {out_dir / 'result.json'}", flush=True)
+    if args.ktap:
+        sys.stdout.write(to_ktap(records))
+    if args.junit:
+        Path(args.junit).write_text(to_junit(records))
+    failed = [r.test for r in records if r.status is Status.FAIL]
+    if failed and not args.ktap:
         print(
-            f"{'PASS' if ok else 'FAIL'}: {outcome} "
-            f"(boot {run.timings.ready or 0:.1f}s, {run.accel.describe().split(' (')[0]})"
+            f"{len(failed)} of {len(records)} failed; re-run one with: "
+            f"{_rerun_command(args, failed[0])}"
         )
-        failed += not ok
     return 1 if failed else 0
+
+
+def _rerun_command(args: argparse.Namespace, scenario: str) -> str:
+    argv = ["ktstr", "run", scenario, "--topology", args.topology]
+    if args.kernel:
+        argv += ["--kernel", args.kernel]
+    if args.duration is not None:
+        argv += ["--duration", f"{args.duration:g}"]
+    for t in args.threshold:
+        argv += ["--threshold", t]
+    if args.scheduler:
+        argv += ["--scheduler", args.scheduler]
+        if args.sched_args:
+            argv += ["--", *args.sched_args]
+    return shlex.join(argv)
+
+
+def cmd_show_thresholds(args: argparse.Namespace) -> int:
+    scenario = None
+    if args.scenario:
+        scenario = SCENARIOS.get(args.scenario)
+        if scenario is None:
+            raise ConfigError(
+                f"unknown scenario {args.scenario!r}", hint="'ktstr list' shows the catalog"
+            )
+    chain = _chain(scenario, args)
+    tcg = timing_scale(True, Topology.parse(args.topology).cpus, os.cpu_count() or 1)
+    print(
+        f"thresholds for {args.scenario or 'any scenario'} (defaults -> scheduler -> "
+        "scenario -> --threshold):"
+    )
+    scaled_chain = scaled(chain, tcg)
+    for f in dataclasses.fields(Thresholds):
+        value = getattr(chain, f.name)
+        shown = "off" if value in (None, False) else value
+        extra = ""
+        if value not in (None, False, True) and getattr(scaled_chain, f.name) != value:
+            extra = f"   (under TCG here: {getattr(scaled_chain, f.name):g}; {tcg.reason})"
+        print(f"  {f.name:20} {shown}{extra}")
+    return 0
 
 
 def cmd_topologies(args: argparse.Namespace) -> int:
@@ -274,12 +309,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="workload seconds (default: the scenario's)",
     )
     p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a check threshold (or NAME=off); repeatable",
+    )
+    p.add_argument(
+        "--results",
+        metavar="DIR",
+        help="results directory (default: $KTSTR_RESULTS or ~/.local/state/ktstr/results)",
+    )
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
+    p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")
+    p.add_argument(
         "--scheduler",
         metavar="PATH|NAME",
         help="scheduler binary (a path, or a name next to the kernel or on PATH); "
         "default: none (EEVDF)",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show-thresholds", help="print the resolved check thresholds")
+    p.add_argument("scenario", nargs="?", metavar="SCENARIO")
+    p.add_argument("--topology", default="1n2l2c1t", help="for the TCG scaling shown")
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(func=cmd_show_thresholds)
 
     p = sub.add_parser("list", help="list the canned scenarios")
     p.set_defaults(func=cmd_list)

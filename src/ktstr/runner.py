@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import sys
 import time
@@ -28,10 +29,11 @@ from ktstr.errors import (
     TopologyError,
     VmError,
 )
+from ktstr.evaluate.verdict import Outcome, RunData, Status, Verdict, evaluate
 from ktstr.host.coordinator import Capture, Coordinator, Exited, Expired, Kill, Ready, TimeoutKind
 from ktstr.host.kernel import Kernel, check_kernel
 from ktstr.host.qemu import AccelChoice, QemuInfo, choose_accel, find_qemu
-from ktstr.host.qemu_argv import VmSpec
+from ktstr.host.qemu_argv import Accel, VmSpec
 from ktstr.host.vm import Vm
 from ktstr.protocol.frames import DecoderStats, Frame, encode_frame
 from ktstr.protocol.messages import (
@@ -47,6 +49,8 @@ from ktstr.protocol.messages import (
     WorkerReports,
     decode_payload,
 )
+from ktstr.report import RunRecord, write_sidecar
+from ktstr.spec.checks import Thresholds, timing_scale
 from ktstr.spec.scenario import Plan
 from ktstr.spec.serde import to_data
 from ktstr.spec.topology import Topology
@@ -97,6 +101,7 @@ class GuestRun:
     sched_log: list[str] = field(default_factory=list)
     #: The frame decoder's counters (crc_errors, truncated, ... > 0 = damage).
     decoder: DecoderStats = field(default_factory=DecoderStats)
+    artifacts: Path | None = None
     timings: Timings = field(default_factory=Timings)
     warnings: list[str] = field(default_factory=list)
 
@@ -153,13 +158,22 @@ def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (sys.executable, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
 
 
-def run_guest(req: BootRequest, on_text: TextSink | None = None) -> GuestRun:
+def run_guest(
+    req: BootRequest,
+    on_text: TextSink | None = None,
+    *,
+    evidence_dir: Path | None = None,
+    keep_if: Callable[[GuestRun], bool] | None = None,
+) -> GuestRun:
+    """Boot, drive, close. Evidence is kept (in ``evidence_dir``) when the run
+    raises, or when ``keep_if(run)`` says the finished run failed."""
     spec, accel, qemu, warnings = prepare(req)
     log.info("accelerator: %s", accel.describe())
     out = GuestRun(accel=accel, qemu=qemu, warnings=warnings)
-    with Vm(spec, req.job, name=req.name) as vm:
+    with Vm(spec, req.job, name=req.name, evidence_dir=evidence_dir) as vm:
         _drive(vm, req, out, on_text)
-        out.timings.closed = None
+        if keep_if is not None and keep_if(out):
+            out.artifacts = vm.close(keep_evidence=True)
     return out
 
 
@@ -362,6 +376,9 @@ def run_scenario(
     scheduler: SchedulerRun | None = None,
     on_text: TextSink | None = None,
     attach_timeout: float = 60.0,
+    *,
+    evidence_dir: Path | None = None,
+    keep_if: Callable[[GuestRun], bool] | None = None,
 ) -> GuestRun:
     """Boot a VM, run ``plan`` under ``scheduler`` (None = EEVDF), return what
     came back (worker reports, stimuli, scheduler exit and output)."""
@@ -374,4 +391,98 @@ def run_scenario(
     if scheduler is not None:
         job["scheduler"] = {"binary": str(scheduler.binary), "args": list(scheduler.args)}
         job["host_paths"].append(str(scheduler.binary))
-    return run_guest(dataclasses.replace(req, job=job), on_text=on_text)
+    return run_guest(
+        dataclasses.replace(req, job=job),
+        on_text=on_text,
+        evidence_dir=evidence_dir,
+        keep_if=keep_if,
+    )
+
+
+# -- verdicts -------------------------------------------------------------------------
+
+
+def run_data(run: GuestRun, plan: Plan) -> RunData:
+    """What the verdict needs from a finished run (host types -> pure types)."""
+    se = run.sched_exit
+    result = next((r for r in run.results if r.name == plan.scenario), None)
+    outcome = Outcome(
+        sched_not_attached=se.reason if se is not None and se.exit_kind == "not_attached" else "",
+        sched_died=(se.exit_kind, se.reason)
+        if se is not None and se.exit_kind != "not_attached"
+        else None,
+        sched_dump=se.dump if se is not None else "",
+        sched_log_tail="".join(run.sched_log)[-4000:],
+        reports_sent=int(result.data.get("workers", 0)) if result is not None else None,
+    )
+    groups = tuple(
+        (w.cgroup, tuple(w.reports), tuple(w.cpus) if w.cpus is not None else None)
+        for w in run.worker_reports
+    )
+    return RunData(duration_s=sum(s.hold_s for s in plan.steps), groups=groups, outcome=outcome)
+
+
+def _failure_outcome(exc: VmError) -> Outcome:
+    if isinstance(exc, GuestPanicError):
+        return Outcome(guest_crash=exc.message.removeprefix("guest kernel panicked: "))
+    if isinstance(exc, AgentCrashError):
+        return Outcome(agent_crash=exc.message.removeprefix("guest agent crashed: "))
+    kind = exc.message.split(":", 1)[0] if ":" in exc.message else "guest_lost"
+    return Outcome(timeout=(kind, exc.message))
+
+
+def execute(
+    req: BootRequest,
+    plan: Plan,
+    scheduler: SchedulerRun | None,
+    thresholds: Thresholds,
+    results_dir: Path,
+    *,
+    test: str | None = None,
+) -> RunRecord:
+    """One scenario in one VM, judged: writes ``results_dir/result.json``.
+
+    Infrastructure errors (QEMU cannot start, the guest never boots) raise;
+    everything that happens to the guest once it ran is a finding."""
+    _, accel, qemu, _ = prepare(req)
+    scale = timing_scale(accel.accel is Accel.TCG, req.topology.cpus, os.cpu_count() or 1)
+    verdicts: list[Verdict] = []
+
+    def judge(run: GuestRun) -> bool:
+        verdicts.append(evaluate(run_data(run, plan), thresholds, scale))
+        return verdicts[-1].status is Status.FAIL
+
+    t0 = time.monotonic()
+    run: GuestRun | None = None
+    try:
+        run = run_scenario(req, plan, scheduler, evidence_dir=results_dir, keep_if=judge)
+        verdict, artifacts = verdicts[-1], run.artifacts
+    except (GuestPanicError, AgentCrashError, GuestLostError) as exc:
+        data = RunData(duration_s=plan.duration_s, outcome=_failure_outcome(exc))
+        verdict, artifacts = evaluate(data, thresholds, scale), exc.artifacts
+    rec = RunRecord(
+        test=test or plan.scenario,
+        scenario=plan.scenario,
+        topology=str(req.topology),
+        kernel={"version": req.kernel.version, "image": str(req.kernel.image)},
+        scheduler=None
+        if scheduler is None
+        else {
+            "name": scheduler.name,
+            "binary": str(scheduler.binary),
+            "args": list(scheduler.args),
+        },
+        accel=accel.describe(),
+        qemu=qemu.version_str,
+        durations={
+            "boot_s": round(run.timings.ready or 0.0, 3) if run else 0.0,
+            "workload_s": sum(s.hold_s for s in plan.steps),
+            "total_s": round(time.monotonic() - t0, 3),
+        },
+        verdict=verdict,
+        artifacts=str(artifacts) if artifacts else None,
+        sched_log_tail="".join(run.sched_log)[-4000:] if run else "",
+        notes=tuple(run.warnings) if run else (),
+    )
+    write_sidecar(rec, results_dir)
+    return rec

@@ -78,7 +78,7 @@ def test_pingpong_pairs_measure_wake_latency(tmp_path, work):
 )
 def test_every_kind_makes_progress_and_stops(tmp_path, work):
     if work.kind.value == "custom":
-        work = Work.custom("tests_custom_work:unit")
+        work = Work.custom("tests.unit.tests_custom_work:unit")
     reports = run(tmp_path, work, 2, 0.4)
     assert len(reports) == 2
     for r in reports:

@@ -68,8 +68,17 @@ def results_root() -> Path:
 
 
 class Vm:
-    def __init__(self, spec: VmSpec, job: dict[str, Any], *, name: str = "vm") -> None:
+    def __init__(
+        self,
+        spec: VmSpec,
+        job: dict[str, Any],
+        *,
+        name: str = "vm",
+        evidence_dir: Path | None = None,
+    ) -> None:
         self.name = name
+        #: Where evidence goes when kept (default: a new dir in results_root()).
+        self.evidence_dir = evidence_dir
         self._spec_template = spec
         self.job = job
         self.spec = spec
@@ -220,7 +229,9 @@ class Vm:
         return self.artifacts
 
     def _keep_evidence(self, run_dir: Path) -> Path | None:
-        dest = results_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir.name}"
+        dest = self.evidence_dir or (
+            results_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir.name}"
+        )
         try:
             dest.mkdir(parents=True, exist_ok=True)
             for item in run_dir.iterdir():

@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from ktstr.errors import ConfigError
+from ktstr.spec.checks import Thresholds
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import INHERIT, NORMAL, Affinity, SchedPolicy, Work
 
@@ -242,6 +243,8 @@ class Scenario:
     description: str
     steps: tuple[Step, ...]
     duration_s: float = 5.0
+    #: The scenario's own layer of the threshold chain (see spec/checks.py).
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     @classmethod
     def of_defs(
@@ -250,10 +253,17 @@ class Scenario:
         defs: list[CgroupDef] | tuple[CgroupDef, ...],
         description: str = "",
         duration_s: float = 5.0,
+        thresholds: Thresholds | None = None,
     ) -> Scenario:
         """The common case: start these cgroups, hold for the whole duration."""
         step = Step(ops=tuple(Op.add(d) for d in defs))
-        return cls(name=name, description=description or name, steps=(step,), duration_s=duration_s)
+        return cls(
+            name=name,
+            description=description or name,
+            steps=(step,),
+            duration_s=duration_s,
+            thresholds=thresholds or Thresholds(),
+        )
 
 
 # -- resolution -----------------------------------------------------------------

@@ -1,0 +1,268 @@
+"""Pure: (worker reports, run outcome, thresholds) -> Verdict.
+
+Every finding has a check name, a class (``fail`` or ``info``), a one-line
+message and its evidence. Run outcomes (scheduler not attached or dead,
+guest or agent crash, timeouts, lost reports) are findings of their own and
+take precedence: when the run itself broke, the worker checks say nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ktstr.evaluate.stats import CgroupStats, RunStats, cgroup_stats, percentile
+from ktstr.spec.checks import Scale, Thresholds, scaled
+from ktstr.spec.topology import format_cpus
+
+
+class Status(enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    cls: str  # "fail" | "info"
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How the run itself ended, as the host saw it."""
+
+    sched_not_attached: str = ""  # reason
+    sched_died: tuple[str, str] | None = None  # (exit kind, reason)
+    sched_dump: str = ""
+    sched_log_tail: str = ""
+    guest_crash: str = ""  # kernel panic line
+    agent_crash: str = ""
+    timeout: tuple[str, str] | None = None  # (kind, message)
+    reports_sent: int | None = None  # what the guest said it sent
+    skip_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunData:
+    duration_s: float
+    groups: tuple[tuple[str, tuple[dict[str, Any], ...], tuple[int, ...] | None], ...] = ()
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    status: Status
+    findings: tuple[Finding, ...]
+    stats: RunStats
+    thresholds: Thresholds  # as applied (after scaling)
+    scale: Scale
+
+    @property
+    def failures(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.cls == "fail")
+
+
+def _fail(check: str, message: str, **evidence: Any) -> Finding:
+    return Finding(check, "fail", message, evidence)
+
+
+def outcome_findings(o: Outcome) -> list[Finding]:
+    out = []
+    if o.sched_not_attached:
+        out.append(
+            _fail(
+                "scheduler_not_attached",
+                f"scheduler not attached: {o.sched_not_attached}",
+                output=o.sched_dump,
+            )
+        )
+    if o.sched_died:
+        kind, reason = o.sched_died
+        out.append(
+            _fail(
+                "scheduler_died",
+                f"scheduler died: {kind}: {reason}",
+                exit_kind=kind,
+                reason=reason,
+                dump=o.sched_dump,
+                log_tail=o.sched_log_tail,
+            )
+        )
+    if o.guest_crash:
+        out.append(_fail("guest_crash", f"guest kernel crashed: {o.guest_crash}"))
+    if o.agent_crash:
+        out.append(_fail("agent_crash", f"guest agent crashed: {o.agent_crash}"))
+    if o.timeout:
+        out.append(_fail(o.timeout[0], o.timeout[1]))
+    return out
+
+
+def _cv(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.pstdev(values) / mean if mean > 0 else 0.0
+
+
+def _worker_checks(
+    t: Thresholds, r: dict[str, Any], who: str, allowed: tuple[int, ...] | None, duration: float
+) -> list[Finding]:
+    out = []
+    wall = float(r.get("wall_s") or duration or 1.0)
+    if t.not_starved and int(r.get("work_units", 0)) == 0:
+        out.append(
+            _fail("starvation", f"{who} made no progress (0 work units in {wall:.1f}s)", worker=who)
+        )
+    gap, limit = float(r.get("max_gap_ms", 0.0)), t.max_gap_ms
+    if limit not in (None, False) and gap > float(limit):
+        out.append(
+            _fail(
+                "gap",
+                f"stuck {gap:.0f}ms on cpu{r.get('max_gap_cpu')} at "
+                f"+{float(r.get('max_gap_at_ms', 0)):.0f}ms ({who}; limit "
+                f"{float(limit):.0f}ms)",
+                worker=who,
+                gap_ms=gap,
+                cpu=r.get("max_gap_cpu"),
+                at_ms=r.get("max_gap_at_ms"),
+            )
+        )
+    if t.isolation and allowed is not None:
+        outside = sorted(set(int(c) for c in r.get("cpus", [])) - set(allowed))
+        if outside:
+            out.append(
+                _fail(
+                    "isolation",
+                    f"{who} ran on cpu {format_cpus(outside)} outside its "
+                    f"cpuset {format_cpus(list(allowed))}",
+                    worker=who,
+                    outside=outside,
+                    cpuset=list(allowed),
+                )
+            )
+    for name, key, unit in (
+        ("min_work_rate", "work_units", "work units"),
+        ("min_iteration_rate", "iterations", "iterations"),
+    ):
+        limit = getattr(t, name)
+        rate = int(r.get(key, 0)) / wall
+        if limit not in (None, False) and rate < float(limit):
+            out.append(
+                _fail(
+                    name, f"{who} did {rate:.1f} {unit}/s < {float(limit):g}", worker=who, rate=rate
+                )
+            )
+    return out
+
+
+def _cgroup_checks(
+    t: Thresholds, c: CgroupStats, reports: tuple[dict[str, Any], ...]
+) -> list[Finding]:
+    out = []
+    ok = [r for r in reports if "error" not in r]
+    if (
+        t.max_spread_pct not in (None, False)
+        and len(ok) >= 2
+        and c.spread_pct > float(t.max_spread_pct)
+    ):
+        out.append(
+            _fail(
+                "fairness",
+                f"{c.name}: off-CPU spread {c.spread_pct:.1f}% > {float(t.max_spread_pct):g}%",
+                cgroup=c.name,
+                spread=c.spread_pct,
+            )
+        )
+    if t.max_throughput_cv not in (None, False) and len(ok) >= 2:
+        cv = _cv([int(r.get("work_units", 0)) / float(r.get("wall_s") or 1) for r in ok])
+        if cv > float(t.max_throughput_cv):
+            out.append(
+                _fail(
+                    "throughput_cv",
+                    f"{c.name}: work-rate CV {cv:.2f} > {float(t.max_throughput_cv):g}",
+                    cgroup=c.name,
+                    cv=cv,
+                )
+            )
+    lats = [float(x) for r in ok for x in r.get("wake_lat_us", [])]
+    if lats and t.max_wake_p99_us not in (None, False):
+        p99 = percentile(lats, 99)
+        if p99 > float(t.max_wake_p99_us):
+            out.append(
+                _fail(
+                    "wake_p99",
+                    f"{c.name}: p99 wake latency {p99:.0f}us > {float(t.max_wake_p99_us):.0f}us",
+                    cgroup=c.name,
+                    p99_us=p99,
+                )
+            )
+    if lats and t.max_wake_cv not in (None, False) and _cv(lats) > float(t.max_wake_cv):
+        out.append(
+            _fail(
+                "wake_cv",
+                f"{c.name}: wake latency CV {_cv(lats):.2f} > {float(t.max_wake_cv):g}",
+                cgroup=c.name,
+                cv=_cv(lats),
+            )
+        )
+    if t.max_migration_ratio not in (None, False) and c.iterations:
+        ratio = c.migrations / c.iterations
+        if ratio > float(t.max_migration_ratio):
+            out.append(
+                _fail(
+                    "migration_ratio",
+                    f"{c.name}: {ratio:.3f} migrations per "
+                    f"iteration > {float(t.max_migration_ratio):g}",
+                    cgroup=c.name,
+                    ratio=ratio,
+                )
+            )
+    for err in c.errors:
+        out.append(_fail("worker_error", f"{c.name}: worker failed: {err}", cgroup=c.name))
+    return out
+
+
+NO_SCALE = Scale()
+
+
+def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> Verdict:
+    t = scaled(thresholds, scale)
+    stats = RunStats(
+        cgroups=tuple(
+            cgroup_stats(n, list(r), list(a) if a is not None else None) for n, r, a in data.groups
+        )
+    )
+    findings = outcome_findings(data.outcome)
+    o = data.outcome
+    if o.skip_reason and not findings:
+        return Verdict(
+            status=Status.SKIP,
+            findings=(Finding("skip", "info", o.skip_reason),),
+            stats=stats,
+            thresholds=t,
+            scale=scale,
+        )
+    broken = bool(findings)
+    if o.reports_sent is not None and stats.workers != o.reports_sent and not broken:
+        findings.append(
+            _fail(
+                "lost_reports",
+                f"received {stats.workers} of {o.reports_sent} worker reports",
+                received=stats.workers,
+                sent=o.reports_sent,
+            )
+        )
+    if not broken:
+        for (name, reports, allowed), c in zip(data.groups, stats.cgroups, strict=True):
+            for r in reports:
+                who = f"{name}[{r.get('index', '?')}]"
+                if "error" not in r:
+                    findings += _worker_checks(t, r, who, allowed, data.duration_s)
+            findings += _cgroup_checks(t, c, reports)
+    status = Status.FAIL if any(f.cls == "fail" for f in findings) else Status.PASS
+    return Verdict(status=status, findings=tuple(findings), stats=stats, thresholds=t, scale=scale)

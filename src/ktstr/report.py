@@ -1,0 +1,171 @@
+"""Render run results: terminal text, the JSON sidecar, JUnit XML, KTAP.
+
+The sidecar schema is ``ktstr.result/1`` (docs/results.md). Every renderer
+takes the same RunRecord, so the four outputs never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ktstr.evaluate.stats import format_stats
+from ktstr.evaluate.verdict import Status, Verdict
+
+SCHEMA = "ktstr.result/1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    test: str
+    scenario: str
+    topology: str
+    kernel: dict[str, str]
+    scheduler: dict[str, Any] | None
+    accel: str
+    qemu: str
+    durations: dict[str, float]
+    verdict: Verdict
+    artifacts: str | None = None
+    sched_log_tail: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def status(self) -> Status:
+        return self.verdict.status
+
+
+def to_json(rec: RunRecord) -> dict[str, Any]:
+    v = rec.verdict
+    return {
+        "schema": SCHEMA,
+        "test": rec.test,
+        "scenario": rec.scenario,
+        "status": v.status.value,
+        "topology": rec.topology,
+        "kernel": rec.kernel,
+        "scheduler": rec.scheduler,
+        "accel": rec.accel,
+        "qemu": rec.qemu,
+        "durations": rec.durations,
+        "thresholds": v.thresholds.active(),
+        "scale": {"factor": v.scale.factor, "reason": v.scale.reason},
+        "stats": {
+            "workers": v.stats.workers,
+            "cpus": len(v.stats.cpus),
+            "migrations": v.stats.migrations,
+            "worst_spread_pct": round(v.stats.worst_spread, 3),
+            "worst_gap_ms": round(v.stats.worst_gap.max_gap_ms, 3) if v.stats.worst_gap else 0.0,
+            "cgroups": [
+                {
+                    k: (list(x) if isinstance(x, tuple) else x)
+                    for k, x in dataclasses.asdict(c).items()
+                }
+                for c in v.stats.cgroups
+            ],
+        },
+        "findings": [dataclasses.asdict(f) for f in v.findings],
+        "artifacts": rec.artifacts,
+        "notes": list(rec.notes),
+    }
+
+
+def write_sidecar(rec: RunRecord, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "result.json"
+    path.write_text(json.dumps(to_json(rec), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def to_text(rec: RunRecord) -> str:
+    v = rec.verdict
+    sched = rec.scheduler["name"] if rec.scheduler else "EEVDF"
+    accel = rec.accel.split(" (")[0]
+    lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {accel}]"]
+    lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
+    lines += format_stats(v.stats)
+    if v.scale.factor != 1.0:
+        lines.append(f"timing thresholds scaled x{v.scale.factor:g} ({v.scale.reason})")
+    died = next((f for f in v.findings if f.check == "scheduler_died"), None)
+    if died is not None:
+        dump = str(died.evidence.get("dump", "")).strip().splitlines()
+        if dump:
+            lines.append("scheduler dump (tail):")
+            lines += [f"  | {ln}" for ln in dump[-20:]]
+    if rec.sched_log_tail.strip() and v.status is Status.FAIL:
+        lines.append("scheduler output (tail):")
+        lines += [f"  | {ln}" for ln in rec.sched_log_tail.strip().splitlines()[-10:]]
+    if v.status is Status.FAIL:
+        lines += [f"note: {n}" for n in rec.notes]
+    if rec.artifacts:
+        lines.append(f"artifacts: {rec.artifacts}")
+    return "\n".join(lines)
+
+
+def to_junit(records: list[RunRecord], suite: str = "ktstr") -> str:
+    """JUnit XML as CI systems read it (testsuites/testsuite/testcase)."""
+    failures = sum(r.status is Status.FAIL for r in records)
+    skipped = sum(r.status is Status.SKIP for r in records)
+    total = sum(r.durations.get("total_s", 0.0) for r in records)
+    root = ET.Element(
+        "testsuites",
+        name=suite,
+        tests=str(len(records)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{total:.3f}",
+    )
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(records)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{total:.3f}",
+    )
+    for rec in records:
+        tc = ET.SubElement(
+            ts,
+            "testcase",
+            classname=f"{suite}.{rec.topology}",
+            name=rec.test,
+            time=f"{rec.durations.get('total_s', 0.0):.3f}",
+        )
+        if rec.status is Status.FAIL:
+            first = rec.verdict.failures[0] if rec.verdict.failures else None
+            fail = ET.SubElement(
+                tc,
+                "failure",
+                message=first.message if first else "failed",
+                type=first.check if first else "failure",
+            )
+            fail.text = to_text(rec)
+        elif rec.status is Status.SKIP:
+            ET.SubElement(tc, "skipped", message=rec.verdict.findings[0].message)
+        out = ET.SubElement(tc, "system-out")
+        out.text = "\n".join(format_stats(rec.verdict.stats))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def to_ktap(records: list[RunRecord]) -> str:
+    """KTAP v1: version line, plan, one result line per test, diagnostics."""
+    lines = ["KTAP version 1", f"1..{len(records)}"]
+    for i, rec in enumerate(records, 1):
+        for ln in to_text(rec).splitlines()[1:]:
+            lines.append(f"# {ln}".rstrip())
+        name = rec.test.replace("#", "_")
+        if rec.status is Status.PASS:
+            lines.append(f"ok {i} {name}")
+        elif rec.status is Status.SKIP:
+            lines.append(f"ok {i} {name} # SKIP {rec.verdict.findings[0].message}")
+        else:
+            lines.append(f"not ok {i} {name}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""Check thresholds and their merge chain. Pure.
+
+Every field is ``None`` = inherit from the layer below, ``False`` = this
+check is off, or a value. ``merge(defaults, scheduler, test)`` applies the
+layers in order: the last value set wins, so a higher layer can switch a
+check off or back on.
+
+Timing thresholds (gaps, wake latencies, rates) assume a real CPU per vCPU.
+Under TCG, or when vCPUs outnumber host CPUs, ``timing_scale`` widens them
+by a documented factor and the report says so: a false alarm from emulation
+is as bad as a missed bug.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ktstr.errors import ConfigError
+
+Value = float | bool | None
+
+#: TCG runs guest code an order of magnitude slower and its vCPU threads are
+#: host threads that the host scheduler preempts: gaps and latencies that are
+#: bugs on real hardware are ordinary there.
+TCG_TIMING_FACTOR = 4.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Thresholds:
+    not_starved: bool | None = None  # every worker made progress
+    isolation: bool | None = None  # workers stayed inside their cgroup's cpuset
+    max_gap_ms: Value = None  # longest gap between a worker's iterations
+    max_spread_pct: Value = None  # off-CPU % spread (max - min) within a cgroup
+    max_throughput_cv: Value = None  # CV of work rate across a cgroup's workers
+    min_work_rate: Value = None  # work units per second, every worker
+    max_wake_p99_us: Value = None  # p99 wake-to-run latency of a cgroup
+    max_wake_cv: Value = None  # CV of wake latencies of a cgroup
+    min_iteration_rate: Value = None  # iterations per second, every worker
+    max_migration_ratio: Value = None  # migrations per iteration of a cgroup
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in BOOL_CHECKS:
+                if v is not None and not isinstance(v, bool):
+                    raise ConfigError(f"threshold {f.name} is on/off, got {v!r}")
+            elif (
+                v is not None
+                and v is not False
+                and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0)
+            ):
+                raise ConfigError(f"threshold {f.name} must be a number >= 0 or off, got {v!r}")
+
+    def merged(self, over: Thresholds) -> Thresholds:
+        """``over`` on top of ``self``: its set fields win."""
+        changes = {
+            f.name: getattr(over, f.name)
+            for f in dataclasses.fields(over)
+            if getattr(over, f.name) is not None
+        }
+        return dataclasses.replace(self, **changes)
+
+    def active(self) -> dict[str, Any]:
+        """Checks that are on, with their values."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) not in (None, False)
+        }
+
+    @classmethod
+    def parse(cls, items: list[str]) -> Thresholds:
+        """``name=value`` strings (``off``/``on`` too), e.g. from the CLI."""
+        kw: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        for item in items:
+            name, sep, raw = item.partition("=")
+            if not sep or name not in names:
+                raise ConfigError(
+                    f"bad threshold {item!r}: expected NAME=VALUE with NAME one of "
+                    f"{', '.join(sorted(names))}"
+                )
+            if raw in ("off", "false"):
+                kw[name] = False
+            elif raw in ("on", "true"):
+                kw[name] = True
+            else:
+                try:
+                    kw[name] = float(raw)
+                except ValueError:
+                    raise ConfigError(f"threshold {name}: {raw!r} is not a number") from None
+        return cls(**kw)
+
+
+BOOL_CHECKS = frozenset({"not_starved", "isolation"})
+TIMING_MAX = ("max_gap_ms", "max_wake_p99_us")
+TIMING_MIN = ("min_work_rate", "min_iteration_rate")
+
+#: ktstr's defaults: progress and isolation on, gaps up to 2 s, spread 15 %.
+DEFAULTS = Thresholds(not_starved=True, isolation=True, max_gap_ms=2000.0, max_spread_pct=15.0)
+
+
+def merge(*layers: Thresholds | None) -> Thresholds:
+    """defaults -> scheduler -> test (-> command line): the last set wins."""
+    out = Thresholds()
+    for layer in layers:
+        if layer is not None:
+            out = out.merged(layer)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    factor: float = 1.0
+    reason: str = ""
+
+
+def timing_scale(tcg: bool, vcpus: int, host_cpus: int) -> Scale:
+    factor, why = 1.0, []
+    if tcg:
+        factor *= TCG_TIMING_FACTOR
+        why.append(f"TCG x{TCG_TIMING_FACTOR:g}")
+    if host_cpus > 0 and vcpus > host_cpus:
+        factor *= vcpus / host_cpus
+        why.append(f"{vcpus} vCPUs on {host_cpus} host CPUs x{vcpus / host_cpus:.2g}")
+    return Scale(factor, ", ".join(why))
+
+
+def scaled(t: Thresholds, scale: Scale) -> Thresholds:
+    """Timing thresholds widened by ``scale`` (maxima up, minima down)."""
+    if scale.factor == 1.0:
+        return t
+    changes: dict[str, Any] = {}
+    for name in TIMING_MAX:
+        v = getattr(t, name)
+        if v not in (None, False):
+            changes[name] = float(v) * scale.factor
+    for name in TIMING_MIN:
+        v = getattr(t, name)
+        if v not in (None, False):
+            changes[name] = float(v) / scale.factor
+    return dataclasses.replace(t, **changes)

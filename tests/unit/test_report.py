@@ -1,0 +1,135 @@
+"""Golden files for every output (regenerate: KTSTR_REGEN_GOLDEN=1), JUnit
+checked against the schema CI systems read, KTAP against the v1 rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import xmlschema
+
+from ktstr.evaluate.verdict import Outcome, RunData, evaluate
+from ktstr.report import RunRecord, to_json, to_junit, to_ktap, to_text, write_sidecar
+from ktstr.spec.checks import DEFAULTS, timing_scale
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def rep(i, units=500, gap=12.0, cpus=(0, 1), on_ms=1900.0):
+    return {
+        "index": i,
+        "work_units": units,
+        "iterations": units,
+        "wall_s": 2.0,
+        "max_gap_ms": gap,
+        "max_gap_cpu": cpus[-1],
+        "max_gap_at_ms": 1200.0,
+        "cpus": list(cpus),
+        "migrations": len(cpus) - 1,
+        "on_cpu_ms": on_ms,
+        "wake_lat_us": [],
+        "wake_samples": 0,
+    }
+
+
+def record(name: str, groups, outcome=None, scheduler=None) -> RunRecord:
+    outcome = outcome or Outcome()
+    verdict = evaluate(
+        RunData(duration_s=2.0, groups=groups, outcome=outcome), DEFAULTS, timing_scale(True, 4, 2)
+    )
+    return RunRecord(
+        test=name,
+        scenario=name,
+        topology="1n2l2c1t",
+        kernel={"version": "6.12.117", "image": "/k/vmlinux"},
+        scheduler=scheduler,
+        accel="TCG, multi-threaded (no KVM here)",
+        qemu="10.0.2",
+        durations={"boot_s": 4.5, "workload_s": 2.0, "total_s": 8.25},
+        verdict=verdict,
+        artifacts=f"/results/{name}" if verdict.failures else None,
+        sched_log_tail="qmap: enqueued 200\n" if scheduler else "",
+    )
+
+
+RECORDS = [
+    record("steady", (("cg0", (rep(0), rep(1)), None), ("cg1", (rep(0), rep(1)), None))),
+    record("stalled", (("cg0", (rep(0, gap=35000.0, cpus=(1,)), rep(1, units=0)), (0, 1)),)),
+    record(
+        "qmap_error",
+        (),
+        Outcome(
+            sched_died=("error_bpf", "scx_bpf_error: test"),
+            sched_dump="CPU 0: nr_run=1\n  R python[68] -170ms",
+        ),
+        scheduler={"name": "scx_qmap", "binary": "/s/scx_qmap", "args": ["-e", "200"]},
+    ),
+    record("needs_smt", (), Outcome(skip_reason="topology has no SMT")),
+]
+
+
+def golden(name: str, text: str) -> None:
+    path = DATA / name
+    if os.environ.get("KTSTR_REGEN_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_text_golden():
+    golden("report.txt", "\n\n".join(to_text(r) for r in RECORDS) + "\n")
+    stalled = to_text(RECORDS[1])
+    assert "stuck 35000ms on cpu1 at +1200ms" in stalled
+    assert "cg1" not in stalled and "1 workers" not in stalled
+
+
+def test_json_golden_and_sidecar(tmp_path):
+    golden(
+        "report.json", json.dumps([to_json(r) for r in RECORDS], indent=2, sort_keys=True) + "\n"
+    )
+    path = write_sidecar(RECORDS[1], tmp_path / "run")
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "ktstr.result/1" and doc["status"] == "fail"
+    assert {f["check"] for f in doc["findings"]} == {"starvation", "gap"}
+    assert doc["scale"] == {"factor": 8.0, "reason": "TCG x4, 4 vCPUs on 2 host CPUs x2"}
+
+
+def test_junit_golden_and_valid_against_schema():
+    xml = to_junit(RECORDS)
+    golden("report.junit.xml", xml)
+    xmlschema.XMLSchema(str(DATA / "junit.xsd")).validate(xml)
+    assert 'failures="2"' in xml and 'skipped="1"' in xml
+
+
+KTAP_RESULT = re.compile(r"^(ok|not ok) (\d+)( [^#]*)?( # (SKIP|TODO)( .*)?)?$")
+
+
+def assert_valid_ktap(text: str) -> list[str]:
+    lines = text.rstrip("\n").split("\n")
+    assert lines[0] == "KTAP version 1"
+    plan = re.fullmatch(r"1\.\.(\d+)", lines[1])
+    assert plan, lines[1]
+    results = [ln for ln in lines[2:] if not ln.startswith("#")]
+    assert all(ln.startswith("#") or KTAP_RESULT.match(ln) for ln in lines[2:])
+    numbers = [int(KTAP_RESULT.match(ln).group(2)) for ln in results]  # type: ignore[union-attr]
+    assert numbers == list(range(1, int(plan.group(1)) + 1))
+    return results
+
+
+def test_ktap_golden_and_valid():
+    text = to_ktap(RECORDS)
+    golden("report.ktap", text)
+    assert assert_valid_ktap(text) == [
+        "ok 1 steady",
+        "not ok 2 stalled",
+        "not ok 3 qmap_error",
+        "ok 4 needs_smt # SKIP topology has no SMT",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["KTAP version 1\n1..2\nok 1 a\n", "TAP\n1..1\nok 1 a\n"])
+def test_ktap_validator_rejects_bad_output(bad):
+    with pytest.raises(AssertionError):
+        assert_valid_ktap(bad)

@@ -1,0 +1,147 @@
+import pytest
+
+from ktstr.evaluate.verdict import Outcome, RunData, Status, evaluate
+from ktstr.spec.checks import DEFAULTS, Scale, Thresholds, merge
+
+ONLY = Thresholds(not_starved=False, isolation=False)  # switch the boolean defaults off
+
+
+def rep(i=0, *, units=100, wall=2.0, gap=5.0, cpus=(0,), on_ms=1900.0, lat=(), **kw):
+    return {
+        "index": i,
+        "work_units": units,
+        "iterations": units,
+        "wall_s": wall,
+        "max_gap_ms": gap,
+        "max_gap_cpu": cpus[-1],
+        "max_gap_at_ms": 1200.0,
+        "cpus": list(cpus),
+        "migrations": len(cpus) - 1,
+        "on_cpu_ms": on_ms,
+        "wake_lat_us": list(lat),
+        "wake_samples": len(lat),
+        **kw,
+    }
+
+
+def judge(reports, thresholds, allowed=None, outcome=None):
+    data = RunData(
+        duration_s=2.0, groups=(("cg0", tuple(reports), allowed),), outcome=outcome or Outcome()
+    )
+    return evaluate(data, thresholds)
+
+
+def checks(v):
+    return [f.check for f in v.failures]
+
+
+@pytest.mark.parametrize(("units", "fails"), [(0, True), (1, False)])
+def test_starvation(units, fails):
+    v = judge([rep(units=units)], DEFAULTS)
+    assert ("starvation" in checks(v)) is fails
+
+
+@pytest.mark.parametrize(("gap", "fails"), [(1999.9, False), (2000.0, False), (2000.1, True)])
+def test_gap_below_at_above(gap, fails):
+    v = judge([rep(gap=gap, cpus=(0, 1))], DEFAULTS)
+    assert ("gap" in checks(v)) is fails
+    if fails:
+        assert v.failures[0].message.startswith(f"stuck {gap:.0f}ms on cpu1 at +1200ms")
+
+
+@pytest.mark.parametrize(("on_b", "fails"), [(1600.0, False), (1599.0, True)])
+def test_fairness_spread(on_b, fails):
+    # off-CPU: a = 5 %, b = 20 % (exactly 15 % spread) or a bit more
+    v = judge(
+        [rep(0, on_ms=1900.0), rep(1, on_ms=on_b)], ONLY.merged(Thresholds(max_spread_pct=15.0))
+    )
+    assert ("fairness" in checks(v)) is fails
+
+
+def test_fairness_needs_two_workers():
+    assert judge([rep(on_ms=100.0)], Thresholds(max_spread_pct=1.0)).status is Status.PASS
+
+
+@pytest.mark.parametrize(("cpus", "fails"), [((0, 1), False), ((0, 2), True)])
+def test_isolation(cpus, fails):
+    v = judge([rep(cpus=cpus)], DEFAULTS, allowed=(0, 1))
+    assert ("isolation" in checks(v)) is fails
+    if fails:
+        assert "ran on cpu 2 outside its cpuset 0-1" in v.failures[0].message
+
+
+def test_isolation_off_and_unrestricted():
+    assert (
+        judge([rep(cpus=(5,))], merge(DEFAULTS, Thresholds(isolation=False)), allowed=(0,)).status
+        is Status.PASS
+    )
+    assert judge([rep(cpus=(5,))], DEFAULTS, allowed=None).status is Status.PASS
+
+
+@pytest.mark.parametrize(("limit", "fails"), [(0.5, True), (0.6, False)])
+def test_throughput_cv(limit, fails):
+    # rates 50 and 150 per s: mean 100, pstdev 50 -> CV 0.5
+    v = judge(
+        [rep(0, units=100), rep(1, units=300)],
+        ONLY.merged(Thresholds(max_throughput_cv=limit - 0.0001 if fails else limit)),
+    )
+    assert ("throughput_cv" in checks(v)) is fails
+
+
+@pytest.mark.parametrize(("limit", "fails"), [(50.0, False), (50.1, True)])
+def test_min_work_and_iteration_rate(limit, fails):
+    v = judge(
+        [rep(units=100, wall=2.0)],
+        ONLY.merged(Thresholds(min_work_rate=limit, min_iteration_rate=limit)),
+    )
+    assert ("min_work_rate" in checks(v)) is fails
+    assert ("min_iteration_rate" in checks(v)) is fails
+
+
+@pytest.mark.parametrize(("limit", "fails"), [(98.9, True), (99.0, False), (99.1, False)])
+def test_wake_p99(limit, fails):
+    lat = tuple(float(x) for x in range(1, 101))  # nearest-rank p99 = 99
+    v = judge([rep(lat=lat)], ONLY.merged(Thresholds(max_wake_p99_us=limit)))
+    assert ("wake_p99" in checks(v)) is fails
+
+
+def test_wake_cv_and_migration_ratio():
+    v = judge(
+        [rep(units=10, cpus=(0, 1, 2, 3), lat=(10.0, 10.0, 100.0))],
+        ONLY.merged(Thresholds(max_wake_cv=0.5, max_migration_ratio=0.2)),
+    )
+    assert set(checks(v)) == {"wake_cv", "migration_ratio"}  # CV 1.06, ratio 0.3
+
+
+def test_outcomes_are_findings_and_silence_worker_checks():
+    died = Outcome(sched_died=("error_stall", "runnable task stall"), sched_dump="dump")
+    v = judge([rep(units=0)], DEFAULTS, outcome=died)
+    assert checks(v) == ["scheduler_died"]
+    assert v.failures[0].message == "scheduler died: error_stall: runnable task stall"
+    assert v.failures[0].evidence["dump"] == "dump"
+    for outcome, check in [
+        (Outcome(sched_not_attached="exited"), "scheduler_not_attached"),
+        (Outcome(guest_crash="Oops"), "guest_crash"),
+        (Outcome(agent_crash="boom"), "agent_crash"),
+        (Outcome(timeout=("scheduler_stall", "overran")), "scheduler_stall"),
+    ]:
+        assert checks(judge([], DEFAULTS, outcome=outcome)) == [check]
+
+
+def test_lost_reports_and_worker_errors_fail():
+    v = judge([rep()], DEFAULTS, outcome=Outcome(reports_sent=2))
+    assert checks(v) == ["lost_reports"]
+    v = judge([rep(), {"index": 1, "error": "OSError: boom"}], DEFAULTS)
+    assert checks(v) == ["worker_error"]
+
+
+def test_skip_and_pass():
+    assert judge([], DEFAULTS, outcome=Outcome(skip_reason="needs SMT")).status is Status.SKIP
+    v = judge([rep(0), rep(1)], DEFAULTS, allowed=(0,))
+    assert v.status is Status.PASS and v.findings == ()
+
+
+def test_scale_widens_timing_checks():
+    data = RunData(duration_s=2.0, groups=(("cg0", (rep(gap=3000.0),), None),))
+    assert evaluate(data, DEFAULTS).status is Status.FAIL
+    assert evaluate(data, DEFAULTS, Scale(4.0, "TCG x4")).status is Status.PASS

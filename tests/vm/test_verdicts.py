@@ -1,0 +1,69 @@
+"""`ktstr run` end to end: verdict, exit code, sidecar, kept evidence, JUnit, KTAP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import xmlschema
+
+from tests.unit.test_report import DATA, assert_valid_ktap
+
+
+def ktstr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ktstr", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_failing_verdict_keeps_evidence_and_exits_1(kernel, isolated):
+    res, junit = isolated / "res", isolated / "junit.xml"
+    p = ktstr(
+        "run",
+        "steady",
+        "--duration",
+        "2",
+        "--threshold",
+        "max_gap_ms=0.01",
+        "--results",
+        str(res),
+        "--junit",
+        str(junit),
+        env={"TMPDIR": str(isolated / "tmp")},
+    )
+    assert p.returncode == 1, p.stderr
+    assert "FAIL steady" in p.stdout and "stuck " in p.stdout
+    assert "re-run one with: ktstr run steady --topology 1n2l2c1t --duration 2" in p.stdout
+    (run_dir,) = res.iterdir()
+    doc = json.loads((run_dir / "result.json").read_text())
+    assert doc["status"] == "fail" and {f["check"] for f in doc["findings"]} == {"gap"}
+    assert doc["artifacts"] == str(run_dir)
+    for name in ("console.log", "qemu.argv", "frames.bin", "job.json"):
+        assert (run_dir / name).is_file(), name
+    xmlschema.XMLSchema(str(DATA / "junit.xsd")).validate(junit.read_text())
+
+
+def test_passing_run_in_ktap_exits_0_and_keeps_only_the_sidecar(kernel, isolated):
+    res = isolated / "res"
+    p = ktstr(
+        "run",
+        "steady",
+        "cpuset_disjoint",
+        "--duration",
+        "2",
+        "--ktap",
+        "--results",
+        str(res),
+        env={"TMPDIR": str(isolated / "tmp")},
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert assert_valid_ktap(p.stdout) == ["ok 1 steady", "ok 2 cpuset_disjoint"]
+    for run_dir in res.iterdir():
+        assert sorted(x.name for x in run_dir.iterdir()) == ["result.json"]
