@@ -1,5 +1,7 @@
 import pytest
 
+pytest_plugins = ["pytester"]
+
 
 def pytest_collection_modifyitems(items):
     for item in items:

@@ -13,10 +13,29 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Topology": "ktstr.spec.topology",
     "PRESETS": "ktstr.spec.topology",
+    "ktstr_test": "ktstr.authoring",
+    "CgroupDef": "ktstr.spec.scenario",
+    "CpusetSpec": "ktstr.spec.scenario",
+    "Op": "ktstr.spec.scenario",
+    "Step": "ktstr.spec.scenario",
+    "HoldSpec": "ktstr.spec.scenario",
+    "Scenario": "ktstr.spec.scenario",
+    "Work": "ktstr.spec.work",
+    "SchedPolicy": "ktstr.spec.work",
+    "Affinity": "ktstr.spec.work",
+    "AffinityMode": "ktstr.spec.work",
+    "Scheduler": "ktstr.spec.scheduler",
+    "Flag": "ktstr.spec.scheduler",
+    "Thresholds": "ktstr.spec.checks",
 }
 
 if TYPE_CHECKING:
+    from ktstr.authoring import ktstr_test
+    from ktstr.spec.checks import Thresholds
+    from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
+    from ktstr.spec.scheduler import Flag, Scheduler
     from ktstr.spec.topology import PRESETS, Topology
+    from ktstr.spec.work import Affinity, AffinityMode, SchedPolicy, Work
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +47,22 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["PRESETS", "Topology", "__version__"]
+__all__ = [
+    "PRESETS",
+    "Affinity",
+    "AffinityMode",
+    "CgroupDef",
+    "CpusetSpec",
+    "Flag",
+    "HoldSpec",
+    "Op",
+    "Scenario",
+    "SchedPolicy",
+    "Scheduler",
+    "Step",
+    "Thresholds",
+    "Topology",
+    "Work",
+    "__version__",
+    "ktstr_test",
+]

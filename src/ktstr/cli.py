@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ktstr.errors import ConfigError, Interrupted, KtstrError
 from ktstr.evaluate.topology import topology_mismatches
@@ -226,6 +227,28 @@ def cmd_show_thresholds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gauntlet(args: argparse.Namespace) -> int:
+    """The gauntlet is pytest's: collect (--list) or run the expansion."""
+    import pytest
+
+    argv = [
+        *args.paths,
+        "--gauntlet",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+    ]
+    if args.list:
+        argv += ["--collect-only", "-q"]
+    if args.budget is not None:
+        argv += ["--budget", f"{args.budget:g}"]
+    if args.pairwise:
+        argv.append("--pairwise")
+    code = int(pytest.main(argv))
+    return 0 if code == 0 else 1 if code == 1 else 2
+
+
 def cmd_topologies(args: argparse.Namespace) -> int:
     for p in PRESET_LIST:
         t = p.topology
@@ -279,6 +302,33 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         print(build_kernel(req))
         return 0
     raise AssertionError(action)
+
+
+def _add_kernel_parser(sub: Any) -> None:
+    k = sub.add_parser("kernel", help="build, import, check and cache kernels")
+    ks = k.add_subparsers(dest="kernel_cmd", required=True)
+    ks.add_parser("list", help="cached kernels, newest first")
+    kp = ks.add_parser("path", help="print the resolved kernel directory")
+    kp.add_argument("--kernel")
+    kc = ks.add_parser("clean", help="remove all but the newest N cached kernels")
+    kc.add_argument("--keep", type=int, default=1)
+    ki = ks.add_parser("import", help="adopt a prebuilt kernel directory into the cache")
+    ki.add_argument("dir")
+    kk = ks.add_parser("check", help="is this kernel usable by ktstr?")
+    kk.add_argument("kernel_path", nargs="?", metavar="KERNEL")
+    kk.add_argument("--strict", action="store_true", help="also require every fragment option")
+    kb = ks.add_parser("build", help="configure and build a kernel into the cache")
+    kb.add_argument("source", help="source tree, tarball (.tar.xz/.tar.gz/...), or git URL")
+    kb.add_argument("--ref", help="git ref to check out (with a git URL)")
+    kb.add_argument("-j", "--jobs", type=int, default=0, help="parallel jobs (default: nproc)")
+    kb.add_argument(
+        "--schedulers", action="store_true", help="also build tools/sched_ext example schedulers"
+    )
+    kb.add_argument(
+        "--config-only", action="store_true", help="stop after configuring and verifying .config"
+    )
+    kb.add_argument("--force", action="store_true", help="rebuild even if cached")
+    k.set_defaults(func=cmd_kernel)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,36 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_show_thresholds)
 
+    p = sub.add_parser(
+        "gauntlet",
+        help="expand @ktstr_test files across presets x flag "
+        "profiles (--list shows what would run)",
+    )
+    p.add_argument("paths", nargs="*", default=["."], metavar="PATH")
+    p.add_argument("--list", action="store_true", help="only list the test ids")
+    p.add_argument("--budget", type=float, metavar="SECONDS")
+    p.add_argument("--pairwise", action="store_true")
+    p.set_defaults(func=cmd_gauntlet)
+
     p = sub.add_parser("list", help="list the canned scenarios")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("topologies", help="list topology presets")
     p.set_defaults(func=cmd_topologies)
 
-    k = sub.add_parser("kernel", help="build, import, check and cache kernels")
-    ks = k.add_subparsers(dest="kernel_cmd", required=True)
-    ks.add_parser("list", help="cached kernels, newest first")
-    kp = ks.add_parser("path", help="print the resolved kernel directory")
-    kp.add_argument("--kernel")
-    kc = ks.add_parser("clean", help="remove all but the newest N cached kernels")
-    kc.add_argument("--keep", type=int, default=1)
-    ki = ks.add_parser("import", help="adopt a prebuilt kernel directory into the cache")
-    ki.add_argument("dir")
-    kk = ks.add_parser("check", help="is this kernel usable by ktstr?")
-    kk.add_argument("kernel_path", nargs="?", metavar="KERNEL")
-    kk.add_argument("--strict", action="store_true", help="also require every fragment option")
-    kb = ks.add_parser("build", help="configure and build a kernel into the cache")
-    kb.add_argument("source", help="source tree, tarball (.tar.xz/.tar.gz/...), or git URL")
-    kb.add_argument("--ref", help="git ref to check out (with a git URL)")
-    kb.add_argument("-j", "--jobs", type=int, default=0, help="parallel jobs (default: nproc)")
-    kb.add_argument(
-        "--schedulers", action="store_true", help="also build tools/sched_ext example schedulers"
-    )
-    kb.add_argument(
-        "--config-only", action="store_true", help="stop after configuring and verifying .config"
-    )
-    kb.add_argument("--force", action="store_true", help="rebuild even if cached")
-    k.set_defaults(func=cmd_kernel)
+    _add_kernel_parser(sub)
     return parser
 
 

@@ -93,6 +93,10 @@ class VmLaunchError(VmError):
         self.qemu_exit_code = exit_code
 
 
+class QemuAbortError(VmLaunchError):
+    """QEMU itself aborted (SIGABRT) before the guest agent was ready."""
+
+
 class BootTimeoutError(VmError):
     """The guest did not become ready in time."""
 

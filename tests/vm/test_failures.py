@@ -4,6 +4,7 @@ where a run failed, and leaves no QEMU, socket or temp dir behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ktstr
-from ktstr.errors import BootTimeoutError, GuestPanicError
+from ktstr.errors import BootTimeoutError, GuestPanicError, QemuAbortError
 from ktstr.runner import BootRequest, run_guest
 from ktstr.spec.topology import Topology
 
@@ -148,3 +149,39 @@ def test_private_tmp_keeps_needed_host_paths(kernel, isolated):
     assert run.exit_code == 0, text
     assert "from-the-host" in text and "scratch" in text and "host-read-only" in text
     assert host_file.read_text() == "from-the-host\n"
+
+
+def aborting_qemu(tmp_path: Path, aborts: int) -> Path:
+    """Real QEMU, except that the first ``aborts`` launches die of SIGABRT a
+    second after QEMU connected its sockets, as QEMU's TCG race does."""
+    real = shutil.which("qemu-system-x86_64")
+    assert real
+    count = tmp_path / "launches"
+    script = tmp_path / "qemu-aborting"
+    script.write_text(f"""#!/bin/bash
+[ "$1" = --version ] && exec {real} --version
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+if [ "$n" -lt {aborts} ]; then
+    {real} "$@" & pid=$!
+    sleep 1; kill -KILL $pid; wait $pid 2>/dev/null
+    kill -ABRT $$
+fi
+exec {real} "$@"
+""")
+    script.chmod(0o755)
+    return script
+
+
+def test_qemu_abort_before_ready_is_relaunched(kernel, isolated, monkeypatch):
+    monkeypatch.setenv("KTSTR_QEMU", str(aborting_qemu(isolated, aborts=1)))
+    run = run_guest(BootRequest(kernel=kernel, topology=ONE, job={"mode": "probe"}))
+    assert run.exit_code == 0 and run.result("topology") is not None
+    assert any("relaunched" in w for w in run.warnings)
+    assert (isolated / "launches").read_text().strip() == "2"
+
+
+def test_qemu_that_keeps_aborting_is_reported(kernel, isolated, monkeypatch):
+    monkeypatch.setenv("KTSTR_QEMU", str(aborting_qemu(isolated, aborts=99)))
+    with pytest.raises(QemuAbortError, match="aborted"):
+        run_guest(BootRequest(kernel=kernel, topology=ONE, job={"mode": "probe"}))
+    assert (isolated / "launches").read_text().strip() == "3"

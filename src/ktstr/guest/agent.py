@@ -226,6 +226,10 @@ def do_job(port: Port, job: dict[str, Any]) -> int:
         return run_exec(port, str(job["command"]))
     if mode == "shell":
         return run_shell()
+    if mode == "test":
+        from ktstr.guest.testctx import run_test
+
+        return run_test(port, job)
     if mode == "scenario":
         from ktstr.guest.scenario import run_scenario  # only scenario runs pay for it
 

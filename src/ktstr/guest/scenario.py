@@ -45,8 +45,8 @@ class RunState:
 
 
 class Executor:
-    def __init__(self, plan: Plan, port: Any, all_cpus: tuple[int, ...]) -> None:
-        self.plan = plan
+    def __init__(self, port: Any, all_cpus: tuple[int, ...]) -> None:
+        self.plan = Plan(scenario="", topology="", duration_s=0.0, steps=())
         self.port = port
         self.all_cpus = all_cpus
         self.state = RunState()
@@ -165,7 +165,10 @@ class Executor:
                 next_loop += interval
             time.sleep(min(0.05, max(0.0, end - now)))
 
-    def run(self) -> dict[str, Any]:
+    def run(self, plan: Plan) -> dict[str, Any]:
+        """Run one plan: fresh cgroups, workers and state; the scheduler stays."""
+        self.plan, self.state = plan, RunState()
+        self.tree, self.pool = CgroupTree(), WorkerPool()
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.tree)
             stack.callback(self.pool.close)
@@ -208,11 +211,12 @@ class Executor:
             )
 
 
-def run_scenario(port: Any, job: dict[str, Any]) -> int:
-    """Agent entry for ``mode: scenario``. Returns the agent's exit code."""
-    plan = from_data(Plan, job["plan"])
-    all_cpus = tuple(sorted(os.sched_getaffinity(0)))
-    ex = Executor(plan, port, all_cpus)
+def session(
+    port: Any, job: dict[str, Any], name: str, body: Callable[[Executor], dict[str, Any]]
+) -> int:
+    """Start the job's scheduler (if any), run ``body``, stop the scheduler,
+    send the TestResult. Returns the agent's exit code."""
+    ex = Executor(port, tuple(sorted(os.sched_getaffinity(0))))
     sched = job.get("scheduler")
     try:
         if sched:
@@ -230,7 +234,7 @@ def run_scenario(port: Any, job: dict[str, Any]) -> int:
                     )
                 )
                 return 2
-        summary = ex.run()
+        summary = body(ex)
     finally:
         if ex.sched is not None and not ex.sched.dead.is_set():
             ex.sched.stop()
@@ -238,5 +242,11 @@ def run_scenario(port: Any, job: dict[str, Any]) -> int:
         elif ex.sched is not None:
             ex.sched.stop()
     ok = not summary["leftover_cgroups"] and not summary["leftover_workers"]
-    ex.send(TestResult(name=plan.scenario, passed=ok, data=summary))
+    ex.send(TestResult(name=name, passed=ok, data=summary))
     return 0
+
+
+def run_scenario(port: Any, job: dict[str, Any]) -> int:
+    """Agent entry for ``mode: scenario``."""
+    plan = from_data(Plan, job["plan"])
+    return session(port, job, plan.scenario, lambda ex: ex.run(plan))

@@ -16,6 +16,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ktstr.errors import VmError, VmLaunchError
+from ktstr.errors import QemuAbortError, VmError, VmLaunchError
 from ktstr.host.channel import Channel
 from ktstr.host.console import Console
 from ktstr.host.qemu_argv import VmSpec, qemu_argv
@@ -158,7 +159,8 @@ class Vm:
 
     def _launch_failure(self, what: str) -> VmLaunchError:
         code = self.proc.poll() if self.proc else None
-        return VmLaunchError(
+        cls = QemuAbortError if code == -signal.SIGABRT else VmLaunchError
+        return cls(
             f"{what}: {self.qemu_stderr().strip().splitlines()[-1:] or ['(no stderr)']}"[:400],
             exit_code=code,
             argv=self.argv,

@@ -111,9 +111,9 @@ def _part(n: int, index: int, of: int, topo: Topology) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CgroupDef:
-    """A cgroup and its workers."""
+    """A cgroup and its workers. ``CgroupDef("cg0", workers=2)``."""
 
-    name: str
+    name: str = field(kw_only=False)
     workers: int = 1
     work: Work = field(default_factory=Work.spin)
     cpuset: CpusetSpec | None = None

@@ -1,0 +1,264 @@
+"""pytest plugin (entry point ``pytest11``): ``@ktstr_test`` functions become
+VM test cases, one VM each, optionally expanded into the gauntlet.
+
+Options: ``--gauntlet`` (topology presets x flag profiles), ``--pairwise``
+(a covering array instead of every flag combination), ``--budget SECONDS``
+(the subset covering the most presets and flags within that time),
+``--ktstr-kernel``, ``--ktstr-accel``, ``--ktstr-results``,
+``--ktstr-vcpu-budget``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ktstr.authoring import TestSpec
+from ktstr.errors import KtstrError
+from ktstr.evaluate.verdict import Status
+from ktstr.host.kernel import Kernel, resolve_kernel
+from ktstr.host.slots import vcpu_slots
+from ktstr.host.vm import results_root
+from ktstr.report import to_text
+from ktstr.runner import BootRequest, SchedulerRun, execute_job, with_scheduler
+from ktstr.spec.checks import DEFAULTS, merge
+from ktstr.spec.gauntlet import Case, expand, select_for_budget, static_estimate
+from ktstr.spec.scheduler import Profile, Scheduler
+
+_state: dict[str, Any] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("ktstr", "ktstr scheduler tests")
+    g.addoption(
+        "--gauntlet",
+        action="store_true",
+        help="expand @ktstr_test across topology presets x flag profiles",
+    )
+    g.addoption(
+        "--pairwise",
+        action="store_true",
+        help="gauntlet: a pairwise covering array of flag profiles",
+    )
+    g.addoption(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="gauntlet: run the subset covering most presets/flags in this time",
+    )
+    g.addoption(
+        "--ktstr-kernel",
+        metavar="KERNEL",
+        help="kernel (default: $KTSTR_KERNEL, then the newest cached)",
+    )
+    g.addoption("--ktstr-accel", choices=("auto", "kvm", "tcg"), default="auto")
+    g.addoption("--ktstr-results", metavar="DIR", help="where sidecars and evidence go")
+    g.addoption(
+        "--ktstr-vcpu-budget",
+        type=int,
+        metavar="N",
+        help="max concurrent vCPUs across all workers (default 4 x host CPUs)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ktstr: a ktstr VM test (added by @ktstr_test)")
+    _state["config"] = config
+
+
+def _kernel() -> Kernel:
+    if "kernel" not in _state:
+        config = _state["config"]
+        try:
+            _state["kernel"] = resolve_kernel(config.getoption("ktstr_kernel"))
+        except KtstrError as exc:
+            _state["kernel"] = exc
+    k = _state["kernel"]
+    if isinstance(k, KtstrError):
+        pytest.skip(f"host lacks a sched_ext kernel: {k} ({k.hint})")
+    assert isinstance(k, Kernel)
+    return k
+
+
+def _nr_cpus() -> int | None:
+    try:
+        return resolve_kernel(_state["config"].getoption("ktstr_kernel")).nr_cpus
+    except KtstrError:
+        return None
+
+
+def _cases(spec: TestSpec, config: pytest.Config) -> list[Case]:
+    if config.getoption("gauntlet"):
+        return expand(
+            spec.name,
+            spec.constraints,
+            spec.scheduler,
+            pairwise=config.getoption("pairwise"),
+            max_cpus=_nr_cpus(),
+        )
+    return [
+        Case(test=spec.name, preset=spec.topology.name, topology=spec.topology, profile=Profile())
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    spec = getattr(metafunc.function, "ktstr_spec", None)
+    if spec is None:
+        return
+    cases = _cases(spec, metafunc.config)
+    ids = [c.id if metafunc.config.getoption("gauntlet") else c.preset for c in cases]
+    metafunc.parametrize("ktstr_case", cases, ids=ids)
+
+
+def _results_root(config: pytest.Config) -> Path:
+    opt = config.getoption("ktstr_results")
+    return Path(opt) if opt else results_root()
+
+
+def measured_costs(root: Path) -> dict[str, float]:
+    """Case id -> seconds from earlier sidecars (newest wins)."""
+    out: dict[str, float] = {}
+    if not root.is_dir():
+        return out
+    for path in sorted(root.glob("*/result.json")):
+        try:
+            doc = json.loads(path.read_text())
+            out[str(doc["test"])] = float(doc["durations"]["total_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cases: dict[str, tuple[Case, TestSpec]] = {}
+    for item in items:
+        spec = getattr(getattr(item, "function", None), "ktstr_spec", None)
+        if spec is None:
+            continue
+        item.add_marker(pytest.mark.ktstr)
+        case = item.callspec.params["ktstr_case"]  # type: ignore[attr-defined]
+        cases[item.nodeid] = (case, spec)
+    budget = config.getoption("budget")
+    if not budget or not config.getoption("gauntlet"):
+        return
+    measured = measured_costs(_results_root(config))
+    cost = {c.id: measured.get(c.id, static_estimate(c, s.duration_s)) for c, s in cases.values()}
+    keep = {c.id for c in select_for_budget([c for c, _ in cases.values()], budget, cost)}
+    selected = [i for i in items if i.nodeid not in cases or cases[i.nodeid][0].id in keep]
+    deselected = [i for i in items if i not in selected]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def find_scheduler(binary: str, test_file: Path, kernel: Kernel) -> Path:
+    """A path; or next to the tests, $KTSTR_SCHEDULER, PATH, next to the kernel."""
+    candidates = [Path(binary).expanduser(), test_file.parent / binary]
+    env = os.environ.get("KTSTR_SCHEDULER")
+    if env:
+        candidates += [Path(env) / binary, Path(env)] if Path(env).is_dir() else [Path(env)]
+    which = shutil.which(binary)
+    if which:
+        candidates.append(Path(which))
+    if kernel.schedulers_dir is not None:
+        candidates.append(kernel.schedulers_dir / binary)
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c.resolve()
+    pytest.fail(
+        f"scheduler binary {binary!r} not found next to {test_file.parent}, in "
+        "$KTSTR_SCHEDULER, on PATH or next to the kernel",
+        pytrace=False,
+    )
+
+
+def run_case(spec: TestSpec, case: Case) -> None:
+    """The host side of one @ktstr_test case (called by its pytest function)."""
+    config = _state["config"]
+    kernel = _kernel()
+    if kernel.nr_cpus is not None and case.topology.cpus > kernel.nr_cpus:
+        pytest.skip(
+            f"{case.topology} needs {case.topology.cpus} CPUs; kernel has "
+            f"CONFIG_NR_CPUS={kernel.nr_cpus}"
+        )
+    test_file = Path(spec.module_file)
+    sched: SchedulerRun | None = None
+    scheduler: Scheduler | None = spec.scheduler
+    if scheduler is not None:
+        sched = SchedulerRun(
+            binary=find_scheduler(scheduler.binary, test_file, kernel),
+            args=scheduler.argv_for(case.profile),
+        )
+    host_paths = [str(test_file.parent)] + [p for p in sys.path if p.startswith("/tmp/")]
+    job = with_scheduler(
+        {
+            "mode": "test",
+            "module_file": str(test_file),
+            "function": spec.name,
+            "topology": case.topology.name,
+            "duration_s": spec.duration_s,
+            "sys_path": [p for p in sys.path if p],
+            "host_paths": host_paths,
+            "attach_timeout": 60.0,
+        },
+        sched,
+    )
+    accel = config.getoption("ktstr_accel")
+    req = BootRequest(
+        kernel=kernel,
+        topology=case.topology,
+        job=job,
+        memory_mb=spec.memory_mb,
+        accel=None if accel == "auto" else accel,
+        name=spec.name,
+    )
+    test_id = case.id if config.getoption("gauntlet") else f"{spec.name}[{case.preset}]"
+    out = _results_root(config) / (
+        time.strftime("%Y%m%d-%H%M%S-") + re.sub(r"[^A-Za-z0-9_.+-]", "_", test_id)
+    )
+    thresholds = merge(DEFAULTS, scheduler.thresholds if scheduler else None, spec.thresholds)
+    try:
+        with vcpu_slots(case.topology.cpus, config.getoption("ktstr_vcpu_budget")):
+            rec = execute_job(
+                req,
+                name=spec.name,
+                workload_s=spec.duration_s,
+                scheduler=sched,
+                thresholds=thresholds,
+                results_dir=out,
+                test=test_id,
+                scenario=spec.name,
+            )
+    except KtstrError as exc:
+        pytest.fail(
+            f"ktstr infrastructure error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""),
+            pytrace=False,
+        )
+    if rec.status is Status.FAIL:
+        pytest.fail(to_text(rec) + f"\nresult: {out / 'result.json'}", pytrace=False)
+    if rec.status is Status.SKIP:
+        pytest.skip(rec.verdict.findings[0].message)
+
+
+@pytest.fixture(scope="session")
+def ktstr_kernel() -> Kernel:
+    """The kernel ktstr tests boot."""
+    return _kernel()
+
+
+@pytest.fixture
+def ktstr_topology(ktstr_case: Case) -> Any:
+    return ktstr_case.topology
+
+
+@pytest.fixture
+def ktstr_profile(ktstr_case: Case) -> Profile:
+    return ktstr_case.profile

@@ -1,0 +1,163 @@
+"""The pytest plugin as a scheduler developer uses it, in real VMs."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+SAMPLE = """
+from ktstr import CgroupDef, Flag, Scheduler, ktstr_test
+
+SIMPLE = Scheduler("scx_simple", flags=[Flag("fifo", args=["-f"])])
+
+
+@ktstr_test(llcs=1, cores=2, duration=2)
+def test_eevdf(ctx):
+    ctx.execute_defs([CgroupDef("cg_0", workers=2), CgroupDef("cg_1", workers=2)])
+
+
+@ktstr_test(scheduler=SIMPLE, llcs=1, cores=2, duration=2)
+def test_simple(ctx):
+    ctx.execute_defs([CgroupDef("cg_0", workers=2)])
+"""
+
+
+@pytest.fixture(autouse=True)
+def _kernel_env(request, monkeypatch):
+    """pytester moves HOME (and so the kernel cache): name the kernel."""
+    if "kernel" in request.fixturenames:
+        monkeypatch.setenv("KTSTR_KERNEL", str(request.getfixturevalue("kernel").directory))
+
+
+def sidecars(root):
+    return [json.loads(p.read_text()) for p in root.glob("*/result.json")]
+
+
+def test_sample_tests_pass_in_vms(pytester, kernel, isolated):
+    pytester.makepyfile(test_sample=SAMPLE)
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--ktstr-results={res}", "--junitxml=junit.xml", "-v"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_eevdf?1n1l2c1t? PASSED*", "*test_simple?1n1l2c1t? PASSED*"])
+    docs = {d["test"]: d for d in sidecars(res)}
+    assert docs["test_simple[1n1l2c1t]"]["scheduler"]["name"] == "scx_simple"
+    assert docs["test_eevdf[1n1l2c1t]"]["stats"]["workers"] == 4
+    suite = ET.parse(pytester.path / "junit.xml").getroot()
+    assert len(suite.findall(".//testcase")) == 2
+    picked = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-k", "simple", "--collect-only", "-q"
+    )
+    picked.stdout.fnmatch_lines(["*test_simple*", "1/2 tests collected*"])
+
+
+def test_failing_test_shows_the_verdict(pytester, kernel, isolated):
+    pytester.makepyfile(
+        test_bad="""
+from ktstr import CgroupDef, ktstr_test
+
+@ktstr_test(duration=2, max_gap_ms=0.01)
+def test_impossible_gap(ctx):
+    ctx.execute_defs([CgroupDef("cg_0", workers=2)])
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--ktstr-results={isolated / 'res'}"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*FAIL test_impossible_gap?1n1l2c1t?*",
+            "*stuck *ms on cpu*",
+            "*artifacts: *",
+            "*result: *result.json",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_gauntlet_ids_respect_constraints_and_flags(pytester):
+    pytester.makepyfile(
+        test_g="""
+from ktstr import CgroupDef, Flag, Scheduler, ktstr_test
+
+S = Scheduler("scx_x", flags=[Flag("llc", args=["-l"]), Flag("steal", requires=["llc"]),
+                              Flag("kick", excludes=["steal"])])
+
+@ktstr_test(scheduler=S, duration=1, min_llcs=2, max_cpus=8, excluded_flags=["kick"])
+def test_x(ctx):
+    ctx.execute_defs([CgroupDef("a")])
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--gauntlet", "--collect-only", "-q"
+    )
+    ids = [ln for ln in result.stdout.lines if "gauntlet/" in ln]
+    assert ids and all("[gauntlet/test_x/" in i for i in ids)
+    profiles = {i.rsplit("/", 1)[1].rstrip("]") for i in ids}
+    assert profiles == {"base", "llc", "llc+steal"}  # kick excluded, steal needs llc
+    presets = {i.split("/")[2] for i in ids}
+    assert presets == {
+        "tiny-2llc",
+        "small-2llc",
+        "smt-2llc",
+        "small-4llc",
+        "numa2-2llc",
+        "numa2-4llc",
+    }
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+    plain.stdout.fnmatch_lines(["*test_x?1n1l2c1t?*", "1 test collected*"])
+
+
+def test_xdist_runs_two_vms_at_once(pytester, kernel, isolated):
+    pytester.makepyfile(
+        test_par="""
+from ktstr import CgroupDef, ktstr_test
+
+@ktstr_test(cores=2, duration=4)
+def test_a(ctx):
+    ctx.execute_defs([CgroupDef("a", workers=2)])
+
+@ktstr_test(cores=2, duration=4)
+def test_b(ctx):
+    ctx.execute_defs([CgroupDef("b", workers=2)])
+"""
+    )
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", f"--ktstr-results={res}", "--ktstr-vcpu-budget=4"
+    )
+    result.assert_outcomes(passed=2)
+    (a, b) = sorted(sidecars(res), key=lambda d: d["durations"]["started_at"])
+    a_end = a["durations"]["started_at"] + a["durations"]["total_s"]
+    assert b["durations"]["started_at"] < a_end, "the two VMs did not overlap"
+
+
+def test_vcpu_budget_serializes_wide_vms(pytester, kernel, isolated):
+    """With a budget of 2 vCPUs, two 2-vCPU VMs must not overlap."""
+    pytester.makepyfile(
+        test_ser="""
+from ktstr import CgroupDef, ktstr_test
+
+@ktstr_test(cores=2, duration=2)
+def test_a(ctx):
+    ctx.execute_defs([CgroupDef("a")])
+
+@ktstr_test(cores=2, duration=2)
+def test_b(ctx):
+    ctx.execute_defs([CgroupDef("b")])
+"""
+    )
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", f"--ktstr-results={res}", "--ktstr-vcpu-budget=2"
+    )
+    result.assert_outcomes(passed=2)
+    (a, b) = sorted(sidecars(res), key=lambda d: d["durations"]["started_at"])
+    assert (
+        b["durations"]["started_at"]
+        >= a["durations"]["started_at"] + a["durations"]["total_s"] - 0.5
+    )
