@@ -25,6 +25,7 @@ from ktstr.runner import BootRequest, SchedulerRun, execute, run_guest, schedule
 from ktstr.spec.catalog import CATALOG, SCENARIOS
 from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
 from ktstr.spec.scenario import Scenario, resolve
+from ktstr.spec.scheduler import Scheduler, load_scheduler
 from ktstr.spec.topology import PRESET_LIST, Topology
 
 log = logging.getLogger("ktstr")
@@ -127,11 +128,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_def(args: argparse.Namespace) -> Scheduler | None:
+    """``--scheduler FILE.py:NAME`` names a Scheduler definition."""
+    value = getattr(args, "scheduler", None)
+    if not value or ":" not in value:
+        return None
+    return load_scheduler(value)
+
+
 def _chain(scenario: Scenario | None, args: argparse.Namespace) -> Thresholds:
-    """defaults -> scheduler (definitions come with the pytest plugin) ->
-    scenario -> --threshold."""
+    """defaults -> scheduler definition -> scenario -> --threshold."""
+    sdef = _scheduler_def(args)
     return merge(
-        DEFAULTS, None, scenario.thresholds if scenario else None, Thresholds.parse(args.threshold)
+        DEFAULTS,
+        sdef.thresholds if sdef else None,
+        scenario.thresholds if scenario else None,
+        Thresholds.parse(args.threshold),
     )
 
 
@@ -147,7 +159,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = _boot_request(args, {}, name="run")
     plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
     sched = None
-    if args.scheduler:
+    sdef = _scheduler_def(args)
+    if sdef is not None:
+        near = Path(args.scheduler.rsplit(":", 1)[0]).parent
+        binary = near / sdef.binary if (near / sdef.binary).is_file() else None
+        sched = SchedulerRun(
+            binary=binary or scheduler_binary(sdef.binary, base.kernel),
+            args=(*sdef.args, *args.sched_args),
+        )
+    elif args.scheduler:
         sched = SchedulerRun(
             binary=scheduler_binary(args.scheduler, base.kernel), args=tuple(args.sched_args)
         )
@@ -383,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show-thresholds", help="print the resolved check thresholds")
     p.add_argument("scenario", nargs="?", metavar="SCENARIO")
     p.add_argument("--topology", default="1n2l2c1t", help="for the TCG scaling shown")
+    p.add_argument(
+        "--scheduler",
+        metavar="FILE.py:NAME",
+        help="include this Scheduler definition's threshold layer",
+    )
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=cmd_show_thresholds)
 
@@ -422,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # e.g. `ktstr list | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         err: KtstrError = Interrupted("interrupted; VMs stopped and temporary files removed")
         print(f"ktstr: {err}", file=sys.stderr)

@@ -262,3 +262,10 @@ def ktstr_topology(ktstr_case: Case) -> Any:
 @pytest.fixture
 def ktstr_profile(ktstr_case: Case) -> Profile:
     return ktstr_case.profile
+
+
+@pytest.fixture
+def ktstr_scheduler(request: pytest.FixtureRequest) -> Scheduler | None:
+    """The Scheduler definition of this @ktstr_test (None = EEVDF)."""
+    spec = getattr(request.function, "ktstr_spec", None)
+    return spec.scheduler if spec is not None else None

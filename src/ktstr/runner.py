@@ -526,6 +526,8 @@ def execute_job(
         sched_log_tail="".join(run.sched_log)[-4000:] if run else "",
         notes=tuple(run.warnings) if run else (),
     )
+    if artifacts and run is not None and run.sched_log:
+        (Path(artifacts) / "sched.log").write_text("".join(run.sched_log))
     write_sidecar(rec, results_dir)
     return rec
 

@@ -84,3 +84,31 @@ def test_topologies_lists_presets(capsys):
     assert main(["topologies"]) == 0
     out = capsys.readouterr().out
     assert "huge-14llc" in out and "2n14l9c2t" in out and len(out.splitlines()) >= 24
+
+
+def test_show_thresholds_with_a_scheduler_definition(env, capsys, tmp_path):
+    defs = tmp_path / "defs.py"
+    defs.write_text(
+        "from ktstr import Scheduler, Thresholds\n"
+        "Q = Scheduler('scx_qmap', thresholds=Thresholds(max_gap_ms=900.0))\n"
+        "NOT_A_SCHED = 3\n"
+    )
+    assert (
+        main(
+            [
+                "show-thresholds",
+                "steady",
+                "--scheduler",
+                f"{defs}:Q",
+                "--threshold",
+                "max_spread_pct=off",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "max_gap_ms           900.0" in out and "max_spread_pct       off" in out
+    code, err = run(capsys, "show-thresholds", "--scheduler", f"{defs}:NOT_A_SCHED")
+    assert code == 2 and "is not a ktstr Scheduler" in err
+    code, err = run(capsys, "show-thresholds", "--scheduler", f"{tmp_path}/missing.py:Q")
+    assert code == 2 and "cannot load scheduler definition" in err

@@ -108,7 +108,9 @@ def test_x(ctx):
         "numa2-2llc",
         "numa2-4llc",
     }
-    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+    plain = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--collect-only", "-q", "-m", "ktstr"
+    )
     plain.stdout.fnmatch_lines(["*test_x?1n1l2c1t?*", "1 test collected*"])
 
 

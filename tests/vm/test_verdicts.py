@@ -67,3 +67,29 @@ def test_passing_run_in_ktap_exits_0_and_keeps_only_the_sidecar(kernel, isolated
     assert assert_valid_ktap(p.stdout) == ["ok 1 steady", "ok 2 cpuset_disjoint"]
     for run_dir in res.iterdir():
         assert sorted(x.name for x in run_dir.iterdir()) == ["result.json"]
+
+
+def test_scheduler_death_keeps_its_log_dump_and_reason(kernel, isolated):
+    res = isolated / "res"
+    p = ktstr(
+        "run",
+        "steady",
+        "--duration",
+        "6",
+        "--results",
+        str(res),
+        "--scheduler",
+        "scx_qmap",
+        "--",
+        "-e",
+        "200",
+        env={"TMPDIR": str(isolated / "tmp")},
+    )
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "scheduler died: error_bpf: scx_bpf_error: test triggering error" in p.stdout
+    assert "scheduler dump (tail):" in p.stdout
+    (run_dir,) = res.iterdir()
+    assert (run_dir / "sched.log").read_text().strip()
+    doc = json.loads((run_dir / "result.json").read_text())
+    (finding,) = doc["findings"]
+    assert finding["check"] == "scheduler_died" and finding["evidence"]["dump"].strip()

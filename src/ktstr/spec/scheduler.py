@@ -117,3 +117,29 @@ class Scheduler:
 
     def argv_for(self, profile: Profile) -> tuple[str, ...]:
         return (*self.args, *(a for name in profile.flags for a in self.flag(name).args))
+
+
+def load_scheduler(ref: str) -> Scheduler:
+    """``path/to/file.py:NAME`` or ``package.module:NAME`` -> that Scheduler."""
+    import importlib
+    import importlib.util
+
+    where, _, name = ref.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            spec = importlib.util.spec_from_file_location("ktstr_sched_def", where)
+            if spec is None or spec.loader is None:
+                raise ImportError(where)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except (ImportError, OSError) as exc:
+        raise ConfigError(
+            f"cannot load scheduler definition {ref!r}: {exc}",
+            hint="use FILE.py:NAME or module:NAME",
+        ) from None
+    found = getattr(module, name, None)
+    if not isinstance(found, Scheduler):
+        raise ConfigError(f"{ref!r} is not a ktstr Scheduler (got {type(found).__name__})")
+    return found
