@@ -111,25 +111,16 @@ def to_junit(records: list[RunRecord], suite: str = "ktstr") -> str:
     failures = sum(r.status is Status.FAIL for r in records)
     skipped = sum(r.status is Status.SKIP for r in records)
     total = sum(r.durations.get("total_s", 0.0) for r in records)
-    root = ET.Element(
-        "testsuites",
-        name=suite,
-        tests=str(len(records)),
-        failures=str(failures),
-        errors="0",
-        skipped=str(skipped),
-        time=f"{total:.3f}",
-    )
-    ts = ET.SubElement(
-        root,
-        "testsuite",
-        name=suite,
-        tests=str(len(records)),
-        failures=str(failures),
-        errors="0",
-        skipped=str(skipped),
-        time=f"{total:.3f}",
-    )
+    attrs = {
+        "name": suite,
+        "tests": str(len(records)),
+        "failures": str(failures),
+        "errors": "0",
+        "skipped": str(skipped),
+        "time": f"{total:.3f}",
+    }
+    root = ET.Element("testsuites", attrs)
+    ts = ET.SubElement(root, "testsuite", attrs)
     for rec in records:
         tc = ET.SubElement(
             ts,

@@ -3,6 +3,7 @@ checked against the schema CI systems read, KTAP against the v1 rules."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,25 +15,12 @@ import xmlschema
 from ktstr.evaluate.verdict import Outcome, RunData, evaluate
 from ktstr.report import RunRecord, to_json, to_junit, to_ktap, to_text, write_sidecar
 from ktstr.spec.checks import DEFAULTS, timing_scale
+from tests.unit.fake_reports import worker_report
 
 DATA = Path(__file__).parent.parent / "data"
 
 
-def rep(i, units=500, gap=12.0, cpus=(0, 1), on_ms=1900.0):
-    return {
-        "index": i,
-        "work_units": units,
-        "iterations": units,
-        "wall_s": 2.0,
-        "max_gap_ms": gap,
-        "max_gap_cpu": cpus[-1],
-        "max_gap_at_ms": 1200.0,
-        "cpus": list(cpus),
-        "migrations": len(cpus) - 1,
-        "on_cpu_ms": on_ms,
-        "wake_lat_us": [],
-        "wake_samples": 0,
-    }
+rep = functools.partial(worker_report, units=500, gap=12.0, cpus=(0, 1))
 
 
 def record(name: str, groups, outcome=None, scheduler=None) -> RunRecord:

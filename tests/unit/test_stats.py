@@ -1,23 +1,11 @@
 import pytest
 
 from ktstr.evaluate.stats import cgroup_stats, format_stats, off_cpu_pct, percentile, run_stats
+from tests.unit.fake_reports import worker_report
 
 
-def rep(on_ms, wall=2.0, gap=5.0, cpus=(0,), lat=(), **kw):
-    return {
-        "on_cpu_ms": on_ms,
-        "wall_s": wall,
-        "max_gap_ms": gap,
-        "max_gap_cpu": cpus[-1],
-        "max_gap_at_ms": 100.0,
-        "cpus": list(cpus),
-        "migrations": len(cpus) - 1,
-        "iterations": 10,
-        "work_units": 10,
-        "wake_lat_us": list(lat),
-        "wake_samples": len(lat),
-        **kw,
-    }
+def rep(on_ms: float, **kw: object) -> dict[str, object]:
+    return worker_report(on_ms=on_ms, units=10, gap_at=100.0, **kw)  # type: ignore[arg-type]
 
 
 def test_percentile_nearest_rank():

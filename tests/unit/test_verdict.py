@@ -2,26 +2,12 @@ import pytest
 
 from ktstr.evaluate.verdict import Outcome, RunData, Status, evaluate
 from ktstr.spec.checks import DEFAULTS, Scale, Thresholds, merge
+from tests.unit.fake_reports import worker_report
 
 ONLY = Thresholds(not_starved=False, isolation=False)  # switch the boolean defaults off
 
 
-def rep(i=0, *, units=100, wall=2.0, gap=5.0, cpus=(0,), on_ms=1900.0, lat=(), **kw):
-    return {
-        "index": i,
-        "work_units": units,
-        "iterations": units,
-        "wall_s": wall,
-        "max_gap_ms": gap,
-        "max_gap_cpu": cpus[-1],
-        "max_gap_at_ms": 1200.0,
-        "cpus": list(cpus),
-        "migrations": len(cpus) - 1,
-        "on_cpu_ms": on_ms,
-        "wake_lat_us": list(lat),
-        "wake_samples": len(lat),
-        **kw,
-    }
+rep = worker_report
 
 
 def judge(reports, thresholds, allowed=None, outcome=None):
