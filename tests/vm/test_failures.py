@@ -185,3 +185,21 @@ def test_qemu_that_keeps_aborting_is_reported(kernel, isolated, monkeypatch):
     with pytest.raises(QemuAbortError, match="aborted"):
         run_guest(BootRequest(kernel=kernel, topology=ONE, job={"mode": "probe"}))
     assert (isolated / "launches").read_text().strip() == "3"
+
+
+def test_qemu_dies_with_a_killed_ktstr(kernel, isolated, qemu_pids):
+    """Even SIGKILL (no cleanup possible) takes QEMU down: PR_SET_PDEATHSIG."""
+    tmp = isolated / "tmp"
+    proc = run_cli("probe", env={"TMPDIR": str(tmp)}, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not qemu_pids(str(tmp)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while qemu_pids(str(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert qemu_pids(str(tmp)) == [], "QEMU outlived the ktstr process"
+    for leftover in tmp.iterdir():  # a SIGKILLed process cannot remove its run dir
+        shutil.rmtree(leftover)
