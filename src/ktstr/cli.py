@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     for n in names:
         _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
-    base = _boot_request(args, {}, name="run")
+    base = dataclasses.replace(_boot_request(args, {}, name="run"), num_snapshots=args.snapshots)
     plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
     sched = None
     sdef = _scheduler_def(args)
@@ -392,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
     p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")
+    p.add_argument(
+        "--snapshots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="freeze the guest N times (10-90%% of the workload) and capture its "
+        "vCPU registers into snapshots.json",
+    )
     p.add_argument(
         "--scheduler",
         metavar="PATH|NAME",

@@ -9,6 +9,7 @@ returns what came back, or raises a VmError subclass carrying the evidence.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -74,6 +75,8 @@ class BootRequest:
     interactive: bool = False
     #: Extra kernel command line parameters (appended last, so they win).
     cmdline_extra: tuple[str, ...] = ()
+    #: Periodic freeze-and-capture points within 10-90 % of the workload.
+    num_snapshots: int = 0
     name: str = "vm"
 
 
@@ -219,6 +222,7 @@ def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | No
         started=t0,
         boot_timeout=req.boot_timeout,
         idle_timeout=float("inf") if req.interactive else req.idle_timeout,
+        num_snapshots=req.num_snapshots,
     )
     assert vm.channel is not None
     frames = vm.channel.frames
@@ -232,7 +236,7 @@ def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | No
                 hint="the console log has the full trace",
             )
         for action in coord.tick(now):
-            _act(vm, out, action, t0, now)
+            _act(vm, out, action, t0, now=now, wl=coord.workload_time(now))
         try:
             frame = frames.get(timeout=min(0.25, coord.next_wakeup(now) + 0.01))
         except queue.Empty:
@@ -244,7 +248,7 @@ def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | No
         now = time.monotonic()
         _observe(frame, out, on_text, now - t0)
         for action in coord.handle(frame, now):
-            _act(vm, out, action, t0, now)
+            _act(vm, out, action, t0, now=now, wl=coord.workload_time(now))
         if coord.state.exit_code is not None:
             break
     _finish(vm, out, coord, t0)
@@ -281,7 +285,7 @@ def _observe(frame: Frame, out: GuestRun, on_text: TextSink | None, rel: float) 
         raise AgentCrashError(f"guest agent crashed: {msg.error}", traceback_text=msg.traceback)
 
 
-def _act(vm: Vm, out: GuestRun, action: object, t0: float, now: float) -> None:
+def _act(vm: Vm, out: GuestRun, action: object, t0: float, *, now: float, wl: float) -> None:
     if isinstance(action, Ready):
         out.timings.ready = now - t0
     elif isinstance(action, Exited):
@@ -291,7 +295,7 @@ def _act(vm: Vm, out: GuestRun, action: object, t0: float, now: float) -> None:
         log.info("scheduler exited: %s", action.sched_exit.reason)
         out.sched_exit = action.sched_exit
     elif isinstance(action, Capture):
-        out.snapshots.append(_capture(vm, action, now - t0))
+        out.snapshots.append({**_capture(vm, action, now - t0), "workload_s": wl})
     elif isinstance(action, Expired):
         if action.kind is TimeoutKind.KILL_GRACE:
             raise _RunEnded
@@ -528,6 +532,9 @@ def execute_job(
     )
     if artifacts and run is not None and run.sched_log:
         (Path(artifacts) / "sched.log").write_text("".join(run.sched_log))
+    if run is not None and run.snapshots:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / "snapshots.json").write_text(json.dumps(run.snapshots, indent=1))
     write_sidecar(rec, results_dir)
     return rec
 

@@ -114,3 +114,17 @@ def test_scx_central_attaches_with_its_kthread_quirk(kernel, isolated):
     )
     assert all(r["work_units"] > 0 for w in run.worker_reports for r in w.reports)
     assert_clean(run, "steady")
+
+
+def test_periodic_snapshots_are_spaced_in_workload_time(kernel, isolated):
+    """num_snapshots captures at 10 %, 50 % and 90 % of the workload (in
+    workload time: boot does not count), each freezing the guest via QMP."""
+    req = BootRequest(kernel=kernel, topology=TOPO, job={}, num_snapshots=3)
+    run = run_scenario(req, resolve(SCENARIOS["steady"], TOPO, 4.0))
+    periodic = [s for s in run.snapshots if s["periodic"] >= 0]
+    assert [s["periodic"] for s in periodic] == [0, 1, 2]
+    for snap, want in zip(periodic, (0.4, 2.0, 3.6), strict=True):
+        assert want <= snap["workload_s"] < want + 1.0, snap["workload_s"]
+        assert "RIP=" in snap["registers"]
+    assert run.timings.ready is not None and periodic[0]["at_s"] > run.timings.ready
+    assert_clean(run, "steady")
