@@ -102,7 +102,7 @@ class BootTimeoutError(VmError):
 
 
 class GuestPanicError(VmError):
-    """The guest kernel panicked or oopsed fatally."""
+    """The guest kernel panicked, oopsed or hit a GPF (its console says so)."""
 
 
 class GuestLostError(VmError):

@@ -88,7 +88,6 @@ class Timings:
     ready: float | None = None
     exit_frame: float | None = None
     qemu_exit: float | None = None
-    closed: float | None = None
 
 
 @dataclass(slots=True)
@@ -230,7 +229,7 @@ def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | No
         now = time.monotonic()
         if vm.console is not None and vm.console.panic.is_set():
             raise GuestPanicError(
-                f"guest kernel panicked: {vm.console.panic_line}",
+                f"guest kernel crashed: {vm.console.panic_line}",
                 argv=vm.argv,
                 console_tail=_settle_tail(vm),
                 hint="the console log has the full trace",
@@ -341,7 +340,7 @@ def _finish(vm: Vm, out: GuestRun, coord: Coordinator, t0: float) -> None:
         ) from vm.channel.error
     if vm.console is not None and vm.console.panic.is_set():
         raise GuestPanicError(
-            f"guest kernel panicked: {vm.console.panic_line}",
+            f"guest kernel crashed: {vm.console.panic_line}",
             argv=vm.argv,
             console_tail=vm.console_tail(),
         )
@@ -426,7 +425,7 @@ def run_data(run: GuestRun, name: str, workload_s: float) -> RunData:
 
 def _failure_outcome(exc: VmError) -> Outcome:
     if isinstance(exc, GuestPanicError):
-        return Outcome(guest_crash=exc.message.removeprefix("guest kernel panicked: "))
+        return Outcome(guest_crash=exc.message.removeprefix("guest kernel crashed: "))
     if isinstance(exc, AgentCrashError):
         return Outcome(agent_crash=exc.message.removeprefix("guest agent crashed: "))
     kind = exc.message.split(":", 1)[0] if ":" in exc.message else "guest_lost"

@@ -64,7 +64,7 @@ def test_guest_kernel_panic_is_reported_with_console_tail(kernel, isolated):
     with pytest.raises(GuestPanicError) as exc:
         run_guest(req)
     text = str(exc.value)
-    assert "guest kernel panicked" in text and "sysrq" in text.lower()
+    assert "guest kernel crashed" in text and "sysrq" in text.lower()
     assert exc.value.artifacts is not None
     assert (exc.value.artifacts / "console.log").read_text().count("Kernel panic") >= 1
     assert (exc.value.artifacts / "qemu.argv").is_file()
