@@ -75,7 +75,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     run = run_guest(req)
     print(f"accelerator: {run.accel.describe()}; QEMU {run.qemu.version_str}")
     for w in run.warnings:
-        print(f"kernel note: {w}")
+        print(f"note: {w}")
     t = run.timings
     print(
         f"kernel start +{t.kernel_start or 0:.2f}s, agent ready +{t.ready or 0:.2f}s, "
