@@ -25,7 +25,7 @@ from ktstr.host import kconfig
 from ktstr.host.kernel import _write_meta, cache_root, fragment_hash
 
 TARBALL_RE = re.compile(r"\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2|tar\.zst)$")
-GIT_RE = re.compile(r"^(https?|git|ssh)://|^git@|\.git$")
+GIT_RE = re.compile(r"^(https?|git|ssh|file)://|^git@|\.git$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
