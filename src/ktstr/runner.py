@@ -131,6 +131,15 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
     if key not in _ACCEL_MEMO:
         _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
     accel = _ACCEL_MEMO[key]
+    if "scheduler" in req.job and accel.accel is Accel.TCG and accel.tcg_multithread:
+        # sched_ext enable/disable flips static keys (int3-based text patching);
+        # multi-threaded TCG still races with that on QEMU 10.0 ("Oops: int3"
+        # in sched_tick seen here), so scheduler runs get one TCG thread.
+        accel = dataclasses.replace(
+            accel,
+            tcg_multithread=False,
+            reason=accel.reason + "; single-threaded: a sched_ext scheduler is loaded",
+        )
     agent_init = _agent_init()
     spec = VmSpec(
         kernel=req.kernel.image,
@@ -489,7 +498,9 @@ def execute_job(
     Infrastructure errors (QEMU cannot start, the guest never boots) raise;
     everything that happens to the guest once it ran is a finding."""
     _, accel, qemu, _ = prepare(req)
-    scale = timing_scale(accel.accel is Accel.TCG, req.topology.cpus, os.cpu_count() or 1)
+    # One TCG thread runs every vCPU: the VM effectively has one host CPU.
+    host_cpus = 1 if accel.accel is Accel.TCG and not accel.tcg_multithread else os.cpu_count()
+    scale = timing_scale(accel.accel is Accel.TCG, req.topology.cpus, host_cpus or 1)
     verdicts: list[Verdict] = []
 
     def judge(run: GuestRun) -> bool:

@@ -43,3 +43,26 @@ def test_snapshot_request_freezes_captures_and_replies(kernel, isolated):
     result = run.result("snapshot")
     assert result is not None and result.passed and result.data["status"] == 0
     assert run.exit_code == 0
+
+
+def test_scheduler_runs_get_single_threaded_tcg(kernel, qemu):
+    """Multi-threaded TCG races with sched_ext's int3 text patching ("Oops:
+    int3" seen on QEMU 10.0): any job that loads a scheduler gets one thread."""
+    from ktstr.host.qemu_argv import Accel
+    from ktstr.runner import prepare
+
+    topo = Topology.parse("1n2l2c1t")
+    plain, accel, _, _ = prepare(
+        BootRequest(kernel=kernel, topology=topo, job={"mode": "probe"}, accel="tcg")
+    )
+    sched, saccel, _, _ = prepare(
+        BootRequest(
+            kernel=kernel,
+            topology=topo,
+            accel="tcg",
+            job={"mode": "scenario", "scheduler": {"binary": "/x", "args": []}},
+        )
+    )
+    assert accel.accel is Accel.TCG and saccel.accel is Accel.TCG
+    assert plain.tcg_multithread == (qemu.version >= (8, 1, 0))
+    assert not sched.tcg_multithread and "scheduler is loaded" in saccel.reason
