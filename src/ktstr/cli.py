@@ -402,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scheduler",
-        metavar="PATH|NAME",
-        help="scheduler binary (a path, or a name next to the kernel or on PATH); "
-        "default: none (EEVDF)",
+        metavar="PATH|NAME|FILE.py:DEF",
+        help="scheduler binary (a path, or a name next to the kernel or on PATH), or a "
+        "Scheduler definition in a Python file; default: none (EEVDF)",
     )
     p.set_defaults(func=cmd_run)
 
