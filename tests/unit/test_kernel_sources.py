@@ -69,3 +69,32 @@ def test_not_a_kernel_tree(cache):
     (cache / "empty").mkdir()
     with pytest.raises(KernelError, match="does not look like a Linux source tree"):
         resolve_source(str(cache / "empty"), None)
+
+
+@pytest.fixture(params=["filter", "no-filter"])
+def tar_mode(request, monkeypatch):
+    """Both extraction paths: Python >= 3.11.4's filters, and Debian 12's 3.11.2."""
+    if request.param == "no-filter" and hasattr(tarfile, "data_filter"):
+        monkeypatch.delattr(tarfile, "data_filter")
+    return request.param
+
+
+def test_tarball_extracts_on_every_python(cache, tar_mode):
+    tree = fake_tree(cache / "linux-6.12")
+    tarball = cache / f"linux-{tar_mode}.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree, arcname="linux-6.12")
+    assert (resolve_source(str(tarball), None) / "kernel" / "sched" / "ext.c").is_file()
+
+
+@pytest.mark.parametrize("evil", ["../escape.txt", "/abs/escape.txt"])
+def test_tarball_escaping_dest_is_refused(cache, tar_mode, evil):
+    tarball = cache / "evil.tar"
+    payload = cache / "payload.txt"
+    payload.write_text("x")
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(payload, arcname=evil)
+    with pytest.raises(KernelError):
+        resolve_source(str(tarball), None)
+    assert not list((cache / "cache" / "ktstr" / "build" / "src").glob("*"))  # nothing left
+    assert not (cache / "cache" / "ktstr" / "build" / "escape.txt").exists()

@@ -49,9 +49,30 @@ def _run(argv: list[str], cwd: Path | None = None, what: str = "") -> None:
         raise KernelError(f"{what or argv[0]} failed ({' '.join(argv)}):\n{tail}")
 
 
+def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract without letting a member escape ``dest``. Python >= 3.11.4 has
+    extraction filters; Debian 12's 3.11.2 does not, so check by hand there."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="tar")
+        return
+    root = dest.resolve()
+    for m in tar.getmembers():
+        target = (root / m.name).resolve()
+        linked = (
+            (target.parent / m.linkname).resolve()
+            if m.issym()
+            else ((root / m.linkname).resolve() if m.islnk() else target)
+        )
+        for p in (target, linked):
+            if p != root and root not in p.parents:
+                raise KernelError(f"refusing to extract {m.name!r}: it points outside {dest}")
+    tar.extractall(dest)  # every member was checked above
+
+
 def resolve_source(source: str, ref: str | None) -> Path:
     """A kernel source tree from a directory, a tarball or a git URL."""
     path = Path(source).expanduser()
+    scratch: Path | None = None  # what ktstr made (extraction, clone): removed if unusable
     if path.is_dir():
         tree = path.resolve()
     elif path.is_file() and TARBALL_RE.search(path.name):
@@ -63,16 +84,20 @@ def resolve_source(source: str, ref: str | None) -> Path:
             print(f"extracting {path} ...", file=sys.stderr, flush=True)
             try:
                 with tarfile.open(path) as tar:
-                    tar.extractall(dest, filter="tar")
+                    _safe_extract(tar, dest)
             except (tarfile.TarError, OSError) as exc:
                 shutil.rmtree(dest, ignore_errors=True)
                 raise KernelError(f"cannot extract {path}: {exc}") from exc
+            except BaseException:  # a refused member, Ctrl-C: leave nothing half-done
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
             (dest / ".ktstr-extracted").touch()
         subdirs = [d for d in dest.iterdir() if d.is_dir()]
         tree = subdirs[0] if len(subdirs) == 1 else dest
+        scratch = dest
     elif GIT_RE.search(source):
         digest = hashlib.sha256(f"{source}@{ref}".encode()).hexdigest()[:12]
-        tree = work_root() / "git" / digest
+        tree = scratch = work_root() / "git" / digest
         if not (tree / "Makefile").exists():
             shutil.rmtree(tree, ignore_errors=True)
             argv = [
@@ -90,10 +115,15 @@ def resolve_source(source: str, ref: str | None) -> Path:
             f"kernel source {source!r} is neither a directory, a tarball nor a git URL",
             hint="e.g. /usr/src/linux-source-6.12.tar.xz (apt-get install linux-source-6.12)",
         )
+    problem = ""
     if not (tree / "Makefile").is_file() or not (tree / "kernel" / "sched").is_dir():
-        raise KernelError(f"{tree} does not look like a Linux source tree")
-    if not (tree / "kernel" / "sched" / "ext.c").is_file():
-        raise KernelError(f"{tree} has no sched_ext (kernel/sched/ext.c); use Linux >= 6.12")
+        problem = f"{source} does not look like a Linux source tree"
+    elif not (tree / "kernel" / "sched" / "ext.c").is_file():
+        problem = f"{source} has no sched_ext (kernel/sched/ext.c); use Linux >= 6.12"
+    if problem:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise KernelError(problem)
     return tree
 
 
