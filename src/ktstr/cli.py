@@ -162,9 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sdef = _scheduler_def(args)
     if sdef is not None:
         near = Path(args.scheduler.rsplit(":", 1)[0]).parent
-        binary = near / sdef.binary if (near / sdef.binary).is_file() else None
         sched = SchedulerRun(
-            binary=binary or scheduler_binary(sdef.binary, base.kernel),
+            binary=scheduler_binary(sdef.binary, base.kernel, near=near),
             args=(*sdef.args, *args.sched_args),
         )
     elif args.scheduler:

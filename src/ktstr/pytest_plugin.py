@@ -11,9 +11,7 @@ Options: ``--gauntlet`` (topology presets x flag profiles), ``--pairwise``
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,13 @@ from ktstr.host.kernel import Kernel, resolve_kernel
 from ktstr.host.slots import vcpu_slots
 from ktstr.host.vm import results_root
 from ktstr.report import to_text
-from ktstr.runner import BootRequest, SchedulerRun, execute_job, with_scheduler
+from ktstr.runner import (
+    BootRequest,
+    SchedulerRun,
+    execute_job,
+    scheduler_binary,
+    with_scheduler,
+)
 from ktstr.spec.checks import DEFAULTS, merge
 from ktstr.spec.gauntlet import Case, expand, select_for_budget, static_estimate
 from ktstr.spec.scheduler import Profile, Scheduler
@@ -159,27 +163,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = selected
 
 
-def find_scheduler(binary: str, test_file: Path, kernel: Kernel) -> Path:
-    """A path; or next to the tests, $KTSTR_SCHEDULER, PATH, next to the kernel."""
-    candidates = [Path(binary).expanduser(), test_file.parent / binary]
-    env = os.environ.get("KTSTR_SCHEDULER")
-    if env:
-        candidates += [Path(env) / binary, Path(env)] if Path(env).is_dir() else [Path(env)]
-    which = shutil.which(binary)
-    if which:
-        candidates.append(Path(which))
-    if kernel.schedulers_dir is not None:
-        candidates.append(kernel.schedulers_dir / binary)
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c.resolve()
-    pytest.fail(
-        f"scheduler binary {binary!r} not found next to {test_file.parent}, in "
-        "$KTSTR_SCHEDULER, on PATH or next to the kernel",
-        pytrace=False,
-    )
-
-
 def run_case(spec: TestSpec, case: Case) -> None:
     """The host side of one @ktstr_test case (called by its pytest function)."""
     config = _state["config"]
@@ -193,8 +176,12 @@ def run_case(spec: TestSpec, case: Case) -> None:
     sched: SchedulerRun | None = None
     scheduler: Scheduler | None = spec.scheduler
     if scheduler is not None:
+        try:
+            binary = scheduler_binary(scheduler.binary, kernel, near=test_file.parent)
+        except KtstrError as exc:
+            pytest.fail(f"{exc}\nhint: {exc.hint}", pytrace=False)
         sched = SchedulerRun(
-            binary=find_scheduler(scheduler.binary, test_file, kernel),
+            binary=binary,
             args=scheduler.argv_for(case.profile),
         )
     host_paths = [str(test_file.parent)] + [p for p in sys.path if p.startswith("/tmp/")]

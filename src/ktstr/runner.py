@@ -385,26 +385,37 @@ class SchedulerRun:
         return self.binary.name
 
 
-def scheduler_binary(name_or_path: str, kernel: Kernel) -> Path:
-    """A path, or a name found next to the kernel (``schedulers/``) or on PATH."""
+def scheduler_binary(name_or_path: str, kernel: Kernel, near: Path | None = None) -> Path:
+    """The scheduler's executable: ``name_or_path`` itself, else the name
+    looked up next to ``near`` (the tests or definition file), in
+    $KTSTR_SCHEDULER (a file or a directory), next to the kernel (built from
+    the same tree, so its BTF matches), then on PATH."""
     import shutil
 
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path.resolve()
-    candidates = []
+    candidates = [Path(name_or_path).expanduser()]
+    if near is not None:
+        candidates.append(near / name_or_path)
+    env = os.environ.get("KTSTR_SCHEDULER")
+    if env:
+        candidates += [Path(env) / name_or_path] if Path(env).is_dir() else [Path(env)]
     if kernel.schedulers_dir is not None:
         candidates.append(kernel.schedulers_dir / name_or_path)
     which = shutil.which(name_or_path)
     if which:
         candidates.append(Path(which))
     for c in candidates:
-        if c.is_file():
+        if c.is_file() and os.access(c, os.X_OK):
             return c.resolve()
-    where = f" or in {kernel.schedulers_dir}" if kernel.schedulers_dir else ""
+    places = [str(near)] if near is not None else []
+    places += (
+        ["$KTSTR_SCHEDULER"]
+        + ([str(kernel.schedulers_dir)] if kernel.schedulers_dir else [])
+        + ["PATH"]
+    )
     raise ConfigError(
-        f"scheduler {name_or_path!r} not found (not a file{where}, not on PATH)",
-        hint="pass --scheduler /path/to/scx_binary",
+        f"scheduler {name_or_path!r} not found (not an executable file; looked in "
+        f"{', '.join(places)})",
+        hint="pass a path to the scheduler binary, or set $KTSTR_SCHEDULER",
     )
 
 
