@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ class RunStats:
 
 
 def cgroup_stats(
-    name: str, reports: list[dict[str, Any]], allowed: list[int] | None = None
+    name: str, reports: Sequence[dict[str, Any]], allowed: Sequence[int] | None = None
 ) -> CgroupStats:
     ok = [r for r in reports if "error" not in r]
     offs = [off_cpu_pct(r) for r in ok]
@@ -95,7 +96,9 @@ def cgroup_stats(
     )
 
 
-def run_stats(groups: list[tuple[str, list[dict[str, Any]], list[int] | None]]) -> RunStats:
+def run_stats(
+    groups: Iterable[tuple[str, Sequence[dict[str, Any]], Sequence[int] | None]],
+) -> RunStats:
     return RunStats(cgroups=tuple(cgroup_stats(n, r, a) for n, r, a in groups))
 
 

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from ktstr.evaluate.stats import CgroupStats, RunStats, cgroup_stats, percentile
+from ktstr.evaluate.stats import CgroupStats, RunStats, percentile, run_stats
 from ktstr.spec.checks import Scale, Thresholds, scaled
 from ktstr.spec.topology import format_cpus
 
@@ -232,11 +232,7 @@ NO_SCALE = Scale()
 
 def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> Verdict:
     t = scaled(thresholds, scale)
-    stats = RunStats(
-        cgroups=tuple(
-            cgroup_stats(n, list(r), list(a) if a is not None else None) for n, r, a in data.groups
-        )
-    )
+    stats = run_stats(data.groups)
     findings = outcome_findings(data.outcome)
     o = data.outcome
     if o.skip_reason and not findings:
