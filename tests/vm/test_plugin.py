@@ -114,52 +114,41 @@ def test_x(ctx):
     plain.stdout.fnmatch_lines(["*test_x?1n1l2c1t?*", "1 test collected*"])
 
 
-def test_xdist_runs_two_vms_at_once(pytester, kernel, isolated):
-    pytester.makepyfile(
-        test_par="""
+TWO_VMS = """
 from ktstr import CgroupDef, ktstr_test
 
-@ktstr_test(cores=2, duration=4)
+@ktstr_test(cores=2, duration={duration})
 def test_a(ctx):
     ctx.execute_defs([CgroupDef("a", workers=2)])
 
-@ktstr_test(cores=2, duration=4)
+@ktstr_test(cores=2, duration={duration})
 def test_b(ctx):
     ctx.execute_defs([CgroupDef("b", workers=2)])
 """
-    )
-    res = isolated / "res"
+
+
+def two_vms_under_xdist(pytester, res, budget: int, duration: int) -> tuple[float, float, float]:
+    """Run two 2-vCPU tests with -n 2; (a start, a end, b start), a first."""
+    pytester.makepyfile(test_two=TWO_VMS.format(duration=duration))
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-n", "2", f"--ktstr-results={res}", "--ktstr-vcpu-budget=4"
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        f"--ktstr-results={res}",
+        f"--ktstr-vcpu-budget={budget}",
     )
     result.assert_outcomes(passed=2)
-    (a, b) = sorted(sidecars(res), key=lambda d: d["durations"]["started_at"])
-    a_end = a["durations"]["started_at"] + a["durations"]["total_s"]
-    assert b["durations"]["started_at"] < a_end, "the two VMs did not overlap"
+    a, b = sorted((d["durations"] for d in sidecars(res)), key=lambda d: d["started_at"])
+    return a["started_at"], a["started_at"] + a["total_s"], b["started_at"]
+
+
+def test_xdist_runs_two_vms_at_once(pytester, kernel, isolated):
+    _, a_end, b_start = two_vms_under_xdist(pytester, isolated / "res", budget=4, duration=4)
+    assert b_start < a_end, "the two VMs did not overlap"
 
 
 def test_vcpu_budget_serializes_wide_vms(pytester, kernel, isolated):
     """With a budget of 2 vCPUs, two 2-vCPU VMs must not overlap."""
-    pytester.makepyfile(
-        test_ser="""
-from ktstr import CgroupDef, ktstr_test
-
-@ktstr_test(cores=2, duration=2)
-def test_a(ctx):
-    ctx.execute_defs([CgroupDef("a")])
-
-@ktstr_test(cores=2, duration=2)
-def test_b(ctx):
-    ctx.execute_defs([CgroupDef("b")])
-"""
-    )
-    res = isolated / "res"
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-n", "2", f"--ktstr-results={res}", "--ktstr-vcpu-budget=2"
-    )
-    result.assert_outcomes(passed=2)
-    (a, b) = sorted(sidecars(res), key=lambda d: d["durations"]["started_at"])
-    assert (
-        b["durations"]["started_at"]
-        >= a["durations"]["started_at"] + a["durations"]["total_s"] - 0.5
-    )
+    _, a_end, b_start = two_vms_under_xdist(pytester, isolated / "res", budget=2, duration=2)
+    assert b_start >= a_end - 0.5
