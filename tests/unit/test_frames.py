@@ -203,3 +203,62 @@ def test_stats_classify_rejections():
     assert dec.stats.bad_version == 1
     assert dec.stats.bad_headers >= 1 and dec.stats.oversized == 0
     assert dec.stats.frames == 1
+
+
+def _nested_claims(headers: int, length: int) -> bytes:
+    """``headers`` valid headers back to back, each claiming ``length`` bytes
+    of payload (bad payload CRC), then filler: every header swallows the next."""
+    head = b"".join(
+        encode_frame(MessageKind.STDOUT, b"", i + 1)[:12] + struct.pack("<II", length, 0)
+        for i in range(headers)
+    )
+    out = bytearray()
+    for i in range(headers):
+        h = bytearray(head[i * 20 : i * 20 + 20])
+        out += h + struct.pack("<I", zlib.crc32(bytes(h)))
+    return bytes(out) + b"\x00" * length
+
+
+def test_nested_length_claims_return_bounded_output_quickly():
+    """200 headers each claiming 1 MiB, then 1 MiB of filler: the torn frames
+    come back as small excerpts (not 200 MiB of copies), in bounded time."""
+    import time
+
+    from ktstr.protocol.frames import MAX_PAYLOAD, TORN_EXCERPT
+
+    stream = _nested_claims(200, MAX_PAYLOAD)
+    dec = FrameDecoder()
+    t0 = time.monotonic()
+    got = []
+    for i in range(0, len(stream), 1 << 16):
+        got += dec.feed(stream[i : i + (1 << 16)])
+    got += dec.finish()
+    assert time.monotonic() - t0 < 2.0
+    assert all(not f.crc_ok and len(f.payload) <= TORN_EXCERPT for f in got)
+    assert sum(len(f.payload) for f in got) <= len(stream)
+    assert dec.stats.crc_errors >= 1 and dec.stats.skipped_torn > 0
+
+
+def test_torn_frames_carry_an_excerpt_only():
+    from ktstr.protocol.frames import TORN_EXCERPT
+
+    raw = bytearray(encode_frame(MessageKind.WORKER_REPORTS, b"r" * 100_000, 1))
+    raw[-1] ^= 1
+    (frame,) = decode_all(bytes(raw))
+    assert not frame.crc_ok and frame.payload == b"r" * TORN_EXCERPT
+
+
+@settings(max_examples=100, deadline=None)
+@given(headers=st.integers(1, 60), length=st.integers(0, 4096), chunk=st.integers(1, 5000))
+def test_fuzz_nested_claims_output_is_linear_in_input(headers, length, chunk):
+    """Overlapping torn frames repeat bytes, but only a bounded number of
+    times: what comes out stays within a constant factor of what went in."""
+    from ktstr.protocol.frames import MAX_TORN_RUN
+
+    stream = _nested_claims(headers, length)
+    dec = FrameDecoder(max_payload=4096)
+    out = 0
+    for i in range(0, len(stream), chunk):
+        out += sum(len(f.payload) for f in dec.feed(stream[i : i + chunk]))
+    out += sum(len(f.payload) for f in dec.finish())
+    assert out <= (MAX_TORN_RUN + 1) * len(stream)

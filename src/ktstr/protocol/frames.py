@@ -14,9 +14,12 @@ Wire format (little-endian, 24-byte header, see docs/protocol.md)::
 
 The decoder is fed arbitrary chunks. It never buffers more than one maximal
 frame plus one chunk, resynchronizes on the magic after garbage, and treats
-a frame with a bad payload CRC as torn: it is reported (``crc_ok=False``) and
-scanning restarts right after its header, so intact frames that a torn one
-swallowed are still recovered.
+a frame with a bad payload CRC as torn: it is reported (``crc_ok=False``,
+with at most ``TORN_EXCERPT`` bytes of its payload) and scanning restarts
+right after its header, so intact frames that a torn one swallowed are
+still recovered. After ``MAX_TORN_RUN`` torn frames in a row the decoder
+skips a torn frame's whole claimed length instead: nested headers that each
+claim a large payload would otherwise cost quadratic CRC work.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ _FULL_HEADER = struct.Struct("<4sBBHIIII")  # ... + header CRC
 HEADER_SIZE = _FULL_HEADER.size
 #: Default bound on one payload; larger frames are counted and skipped.
 MAX_PAYLOAD = 1 << 20
+#: Bytes of a torn frame's payload that are kept as evidence.
+TORN_EXCERPT = 256
+#: Torn frames in a row after which rescanning inside them stops.
+MAX_TORN_RUN = 8
 
 
 class Frame(NamedTuple):
-    """One decoded frame. A tuple: constructing it is on the hot path."""
+    """One decoded frame. A tuple: constructing it is on the hot path.
+    A torn frame (``crc_ok`` False) carries only an excerpt of its payload."""
 
     kind: int
     seq: int
@@ -63,6 +71,8 @@ class DecoderStats:
     oversized: int = 0
     bad_version: int = 0
     truncated: int = 0
+    #: Bytes inside torn frames skipped without rescanning (``MAX_TORN_RUN``).
+    skipped_torn: int = 0
 
 
 @dataclass(slots=True)
@@ -73,6 +83,7 @@ class FrameDecoder:
     stats: DecoderStats = field(default_factory=DecoderStats)
     _buf: bytearray = field(default_factory=bytearray)
     _pos: int = 0
+    _torn_run: int = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes, return every frame now complete (possibly none)."""
@@ -132,14 +143,25 @@ class FrameDecoder:
                 good += 1
                 pos = end
                 out.append(Frame(kind, seq, payload, True))
+                self._torn_run = 0
             else:  # torn: report it, then rescan right after its header
-                self.stats.crc_errors += 1
-                self.stats.garbage_bytes += hsize
-                out.append(Frame(kind, seq, payload, False))
-                pos = start + hsize
+                out.append(Frame(kind, seq, payload[:TORN_EXCERPT], False))
+                pos = self._torn(start, end)
         self.stats.frames += good
         self._pos = pos
         return out
+
+    def _torn(self, start: int, end: int) -> int:
+        """Count a torn frame; returns where scanning resumes."""
+        st = self.stats
+        st.crc_errors += 1
+        self._torn_run += 1
+        if self._torn_run > MAX_TORN_RUN:
+            st.skipped_torn += end - start
+            st.garbage_bytes += end - start
+            return end
+        st.garbage_bytes += HEADER_SIZE
+        return start + HEADER_SIZE
 
     def _reject(self, start: int, version: int, length: int, out: list[Frame]) -> int:
         """Rare paths of ``_scan``; returns where scanning resumes."""
@@ -156,7 +178,8 @@ class FrameDecoder:
         else:  # end of stream, and the payload never fully arrived
             st.truncated += 1
             kind, seq = struct.unpack_from("<HI", buf, start + 6)
-            out.append(Frame(kind, seq, bytes(buf[start + hsize :]), False))
+            excerpt = bytes(buf[start + hsize : start + hsize + TORN_EXCERPT])
+            out.append(Frame(kind, seq, excerpt, False))
         st.garbage_bytes += hsize
         return start + hsize
 
