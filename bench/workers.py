@@ -48,7 +48,7 @@ def main() -> None:
             kernel=resolve_kernel(None),
             topology=Topology.parse(args.topology),
             job={"mode": "exec", "command": cmd, "host_paths": [tmp]},
-            idle_timeout=3600.0,
+            ready_timeout=3600.0,
         )
         run = run_guest(
             req,

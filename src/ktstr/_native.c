@@ -11,11 +11,16 @@
  *   kind 0: futex on page[0:4] (turn) and page[8:16] (stamp); 1: pipes rd/wr.
  *   Runs until SIGUSR1 (a C handler replaces Python's for the duration; the
  *   hand-over blocks the signal, so one sent just before is not lost).
+ *   The pipe loop keeps SIGUSR1 blocked and waits in ppoll(), which unblocks
+ *   it atomically: a stop that lands between the flag test and the wait
+ *   interrupts the wait instead of being lost (a blocking read() there slept
+ *   until the worker was SIGKILLed).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -115,9 +120,28 @@ static void futex_loop(struct tel *t, volatile int32_t *turn, volatile int64_t *
 	}
 }
 
-static int receive(struct tel *t, int rd, int64_t *blocked)
+/* Wait until rd is readable, or a stop arrives (-1): the signal is blocked
+ * except inside ppoll(), so it cannot slip in between the test and the wait. */
+static int wait_readable(int rd, const sigset_t *waitmask)
+{
+	struct pollfd p = { .fd = rd, .events = POLLIN };
+
+	for (;;) {
+		if (stop_flag)
+			return -1;
+		int n = ppoll(&p, 1, NULL, waitmask);
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return -1;
+	}
+}
+
+static int receive(struct tel *t, int rd, const sigset_t *waitmask, int64_t *blocked)
 {
 	int64_t start = now_ns(), stamp;
+	if (wait_readable(rd, waitmask))
+		return -1;
 	ssize_t n = read(rd, &stamp, sizeof(stamp));
 	int64_t woke = now_ns();
 
@@ -128,7 +152,7 @@ static int receive(struct tel *t, int rd, int64_t *blocked)
 	return 0;
 }
 
-static void pipe_loop(struct tel *t, int rd, int wr, int me)
+static void pipe_loop(struct tel *t, int rd, int wr, int me, const sigset_t *waitmask)
 {
 	while (!stop_flag) {
 		int64_t blocked = 0, stamp;
@@ -137,7 +161,7 @@ static void pipe_loop(struct tel *t, int rd, int wr, int me)
 			if (write(wr, &stamp, sizeof(stamp)) != (ssize_t)sizeof(stamp))
 				break;
 		}
-		if (receive(t, rd, &blocked))
+		if (receive(t, rd, waitmask, &blocked))
 			break;
 		if (me == 1) {
 			stamp = now_ns();
@@ -214,14 +238,18 @@ static PyObject *pingpong(PyObject *self, PyObject *args)
 		return NULL;
 	}
 	tel_init(&t, lat, max_samples);
+	sigset_t waitmask = prev;
+	sigdelset(&waitmask, SIGUSR1);
 	Py_BEGIN_ALLOW_THREADS
-	sigprocmask(SIG_UNBLOCK, &block, NULL);
-	if (kind == 0)
+	if (kind == 0) {
+		/* FUTEX_WAIT times out every 100 ms, so a stop is seen anyway */
+		sigprocmask(SIG_UNBLOCK, &block, NULL);
 		futex_loop(&t, (volatile int32_t *)page.buf,
 			   (volatile int64_t *)((char *)page.buf + 8), role);
-	else
-		pipe_loop(&t, rd, wr, role);
-	sigprocmask(SIG_BLOCK, &block, NULL);
+		sigprocmask(SIG_BLOCK, &block, NULL);
+	} else {
+		pipe_loop(&t, rd, wr, role, &waitmask);
+	}
 	Py_END_ALLOW_THREADS
 	sigaction(SIGUSR1, &old, NULL);
 	sigprocmask(SIG_SETMASK, &prev, NULL);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,11 @@ class TestSpec:
     thresholds: Thresholds = field(default_factory=Thresholds)
     constraints: Constraints = field(default_factory=Constraints)
     memory_mb: int = 0
+    #: Longest the whole test body may take, from SysReady: however many
+    #: scenarios it runs, the host ends the run after this.
+    timeout_s: float = 300.0
+    #: Host environment variables the guest does not get (besides the defaults).
+    env_exclude: tuple[str, ...] = ()
 
 
 def _topology(
@@ -66,11 +72,18 @@ def ktstr_test(
     threads: int | None = None,
     duration: float = 2.0,
     memory_mb: int = 0,
+    timeout: float = 300.0,
+    env_exclude: tuple[str, ...] | list[str] = (),
     **options: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., None]]:
     """Declare a ktstr test. Extra keyword arguments are threshold overrides
     (``max_gap_ms=500``, ``isolation=False``) or gauntlet constraints
-    (``min_llcs=2``, ``requires_smt=True``, ``required_flags=["llc"]``)."""
+    (``min_llcs=2``, ``requires_smt=True``, ``required_flags=["llc"]``).
+
+    ``duration`` is the default and the longest length of each scenario the
+    body runs; ``timeout`` bounds the whole body (default 300 s after the
+    guest is up). The body runs with the host's environment, minus
+    ``env_exclude`` and ``$KTSTR_ENV_EXCLUDE`` (comma-separated)."""
     unknown = sorted(set(options) - _THRESHOLD_NAMES - _CONSTRAINT_NAMES)
     if unknown:
         raise ConfigError(
@@ -84,8 +97,9 @@ def ktstr_test(
         if k in _CONSTRAINT_NAMES
     }
     constraints = Constraints(**cons)
-    if duration <= 0:
-        raise ConfigError(f"ktstr_test: duration must be > 0, got {duration}")
+    for what, value in (("duration", duration), ("timeout", timeout)):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"ktstr_test: {what} must be a finite number > 0, got {value}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., None]:
         spec = TestSpec(
@@ -101,6 +115,8 @@ def ktstr_test(
             thresholds=thresholds,
             constraints=constraints,
             memory_mb=memory_mb,
+            timeout_s=timeout,
+            env_exclude=tuple(env_exclude),
         )
 
         def host_test(ktstr_case: Any) -> None:

@@ -5,20 +5,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from ktstr.errors import ConfigError, Interrupted, KtstrError
+from ktstr.errors import ConfigError, Interrupted, KtstrError, Terminated
 from ktstr.evaluate.topology import topology_mismatches
 from ktstr.evaluate.verdict import Status
 from ktstr.host import kernel as kern
 from ktstr.host.kernel_build import BuildRequest, build_kernel
-from ktstr.host.vm import results_root
+from ktstr.host.results import (
+    check_writable_dir,
+    check_writable_file,
+    new_run_dir,
+    results_root,
+    write_private,
+)
+from ktstr.host.signals import terminate_like_interrupt
 from ktstr.protocol.messages import MessageKind
 from ktstr.report import to_junit, to_ktap, to_text
 from ktstr.runner import BootRequest, SchedulerRun, execute, run_guest, scheduler_binary
@@ -29,6 +36,45 @@ from ktstr.spec.scheduler import Scheduler, load_scheduler
 from ktstr.spec.topology import PRESET_LIST, Topology
 
 log = logging.getLogger("ktstr")
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad input: one line naming what was wrong and where help is, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def finite(lo: float = 0.0, *, strict: bool = True) -> Any:
+    """argparse type: a finite number > lo (>= lo unless strict)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < lo or (strict and value == lo):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be a finite number {'>' if strict else '>='} {lo:g}"
+            )
+        return value
+
+    return parse
+
+
+def count(lo: int = 0, hi: int = 1 << 20) -> Any:
+    """argparse type: an integer in lo..hi."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} must be in {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def _add_vm_args(p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t") -> None:
@@ -42,8 +88,14 @@ def _add_vm_args(p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t")
         help="NnNlNcNt shape or preset name (default %(default)s)",
     )
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    p.add_argument("--memory", type=int, default=0, metavar="MB", help="guest RAM (default: auto)")
-    p.add_argument("--boot-timeout", type=float, default=120.0, metavar="S")
+    p.add_argument(
+        "--memory",
+        type=count(0, 1 << 22),
+        default=0,
+        metavar="MB",
+        help="guest RAM (default: auto)",
+    )
+    p.add_argument("--boot-timeout", type=finite(), default=120.0, metavar="S")
     p.add_argument(
         "--append",
         action="append",
@@ -73,6 +125,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"booting {req.kernel.version} at {req.topology} ({req.topology.cpus} vCPUs)...", flush=True
     )
     run = run_guest(req)
+    run.raise_for_crash()
     print(f"accelerator: {run.accel.describe()}; QEMU {run.qemu.version_str}")
     for w in run.warnings:
         print(f"note: {w}")
@@ -101,7 +154,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     if args.exec:
         # A command may run as long as it likes (Ctrl-C ends it): no idle limit.
         req = _boot_request(
-            args, {"mode": "exec", "command": args.exec}, name="exec", idle_timeout=float("inf")
+            args, {"mode": "exec", "command": args.exec}, name="exec", ready_timeout=float("inf")
         )
 
         def echo(kind: MessageKind, text: str) -> None:
@@ -110,7 +163,10 @@ def cmd_shell(args: argparse.Namespace) -> int:
             stream.flush()
 
         run = run_guest(req, on_text=echo)
-        return run.exit_code if run.exit_code is not None else 2
+        run.raise_for_crash()
+        if run.evidence.malformed_count or run.exit_code is None:
+            raise KtstrError("the guest did not report a valid exit status for the command")
+        return run.exit_code
     if not sys.stdin.isatty():
         raise KtstrError(
             "ktstr shell needs a terminal",
@@ -119,6 +175,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     req = _boot_request(args, {"mode": "shell"}, name="shell", interactive=True)
     print("booting; the shell runs as root in the guest; 'exit' powers it off", flush=True)
     run = run_guest(req)
+    run.raise_for_crash()
     return run.exit_code or 0
 
 
@@ -147,6 +204,30 @@ def _chain(scenario: Scenario | None, args: argparse.Namespace) -> Thresholds:
     )
 
 
+def _check_outputs(args: argparse.Namespace) -> Path:
+    """Where results go, checked before any VM boots."""
+    root = Path(args.results) if args.results else results_root()
+    check_writable_dir(root, "--results" if args.results else "results directory")
+    if args.junit:
+        check_writable_file(Path(args.junit), "--junit")
+    return root
+
+
+def _scheduler_run(args: argparse.Namespace, kernel: kern.Kernel) -> SchedulerRun | None:
+    sdef = _scheduler_def(args)
+    if sdef is not None:
+        near = Path(args.scheduler.rsplit(":", 1)[0]).parent
+        return SchedulerRun(
+            binary=scheduler_binary(sdef.binary, kernel, near=near),
+            args=(*sdef.args, *args.sched_args),
+        )
+    if args.scheduler:
+        return SchedulerRun(
+            binary=scheduler_binary(args.scheduler, kernel), args=tuple(args.sched_args)
+        )
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     names = args.scenarios or ["steady"]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -156,23 +237,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     for n in names:
         _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
+    root = _check_outputs(args)
     base = dataclasses.replace(_boot_request(args, {}, name="run"), num_snapshots=args.snapshots)
     plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
-    sched = None
-    sdef = _scheduler_def(args)
-    if sdef is not None:
-        near = Path(args.scheduler.rsplit(":", 1)[0]).parent
-        sched = SchedulerRun(
-            binary=scheduler_binary(sdef.binary, base.kernel, near=near),
-            args=(*sdef.args, *args.sched_args),
-        )
-    elif args.scheduler:
-        sched = SchedulerRun(
-            binary=scheduler_binary(args.scheduler, base.kernel), args=tuple(args.sched_args)
-        )
+    sched = _scheduler_run(args, base.kernel)
     label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
-    root = Path(args.results) if args.results else results_root()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     records = []
     for plan in plans:
         print(
@@ -181,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush=True,
             file=sys.stderr if args.ktap else sys.stdout,
         )
-        out_dir = root / f"{stamp}-{plan.scenario}-{base.topology}"
+        out_dir = new_run_dir(root, f"{plan.scenario}-{base.topology}")
         rec = execute(
             dataclasses.replace(base, name=plan.scenario),
             plan,
@@ -196,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ktap:
         sys.stdout.write(to_ktap(records))
     if args.junit:
-        Path(args.junit).write_text(to_junit(records))
+        write_private(Path(args.junit), to_junit(records))
     failed = [r.test for r in records if r.status is Status.FAIL]
     if failed and not args.ktap:
         print(
@@ -292,8 +361,11 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         print(kern.resolve_kernel(args.kernel).directory)
         return 0
     if action == "clean":
-        for e in kern.clean_cache(args.keep):
+        removed, busy = kern.clean_cache(args.keep)
+        for e in removed:
             print(f"removed {e}")
+        for e in busy:
+            print(f"kept {e}: a running VM uses it")
         return 0
     if action == "import":
         dest = kern.import_kernel(Path(args.dir))
@@ -330,7 +402,7 @@ def _add_kernel_parser(sub: Any) -> None:
     kp = ks.add_parser("path", help="print the resolved kernel directory")
     kp.add_argument("--kernel")
     kc = ks.add_parser("clean", help="remove all but the newest N cached kernels")
-    kc.add_argument("--keep", type=int, default=1)
+    kc.add_argument("--keep", type=count(0), default=1)
     ki = ks.add_parser("import", help="adopt a prebuilt kernel directory into the cache")
     ki.add_argument("dir")
     kk = ks.add_parser("check", help="is this kernel usable by ktstr?")
@@ -339,7 +411,9 @@ def _add_kernel_parser(sub: Any) -> None:
     kb = ks.add_parser("build", help="configure and build a kernel into the cache")
     kb.add_argument("source", help="source tree, tarball (.tar.xz/.tar.gz/...), or git URL")
     kb.add_argument("--ref", help="git ref to check out (with a git URL)")
-    kb.add_argument("-j", "--jobs", type=int, default=0, help="parallel jobs (default: nproc)")
+    kb.add_argument(
+        "-j", "--jobs", type=count(0, 4096), default=0, help="parallel jobs (default: nproc)"
+    )
     kb.add_argument(
         "--schedulers", action="store_true", help="also build tools/sched_ext example schedulers"
     )
@@ -351,7 +425,7 @@ def _add_kernel_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ktstr", description="test Linux schedulers in VMs")
+    parser = Parser(prog="ktstr", description="test Linux schedulers in VMs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every subprocess")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -372,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: steady")
     p.add_argument(
         "--duration",
-        type=float,
+        type=finite(),
         default=None,
         metavar="S",
         help="workload seconds (default: the scenario's)",
@@ -393,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")
     p.add_argument(
         "--snapshots",
-        type=int,
+        type=count(0, 64),
         default=0,
         metavar="N",
         help="freeze the guest N times (10-90%% of the workload) and capture its "
@@ -425,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", default=["."], metavar="PATH")
     p.add_argument("--list", action="store_true", help="only list the test ids")
-    p.add_argument("--budget", type=float, metavar="SECONDS")
+    p.add_argument("--budget", type=finite(), metavar="SECONDS")
     p.add_argument("--pairwise", action="store_true")
     p.set_defaults(func=cmd_gauntlet)
 
@@ -452,15 +526,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    terminate_like_interrupt()
     try:
         return int(args.func(args))
     except BrokenPipeError:  # e.g. `ktstr list | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        err: KtstrError = Interrupted("interrupted; VMs stopped and temporary files removed")
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        err: KtstrError = Interrupted(f"{what}; VMs stopped and temporary files removed")
         print(f"ktstr: {err}", file=sys.stderr)
-        return err.exit_code
+        return 143 if isinstance(exc, Terminated) else err.exit_code
     except KtstrError as err:
         if args.debug:
             log.exception("error")
@@ -468,3 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
         return err.exit_code
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if args.debug:
+            log.exception("internal error")
+        print(f"ktstr: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: this is a ktstr bug; --debug shows the traceback", file=sys.stderr)
+        return 2

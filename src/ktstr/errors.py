@@ -73,6 +73,8 @@ class VmError(KtstrError):
         self.argv = list(argv)
         self.console_tail = console_tail
         self.artifacts = artifacts
+        #: What the host collected before the error (a runner.GuestRun), if any.
+        self.partial: object | None = None
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -122,6 +124,23 @@ class Interrupted(KtstrError):
     """The user pressed Ctrl-C; everything was cleaned up."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (every owner cleans up on the way out)."""
+
+
+class InternalError(KtstrError):
+    """A bug in ktstr: an unexpected exception, turned into an error with evidence."""
+
+    def __init__(self, message: str, *, evidence: Path | None = None) -> None:
+        super().__init__(
+            message,
+            hint="this is a ktstr bug; please report it"
+            + (f" with {evidence}" if evidence else "")
+            + " (--debug shows the traceback)",
+        )
+        self.evidence = evidence
 
 
 class AgentCrashError(VmError):

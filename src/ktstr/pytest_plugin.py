@@ -5,15 +5,19 @@ Options: ``--gauntlet`` (topology presets x flag profiles), ``--pairwise``
 (a covering array instead of every flag combination), ``--budget SECONDS``
 (the subset covering the most presets and flags within that time),
 ``--ktstr-kernel``, ``--ktstr-accel``, ``--ktstr-results``,
-``--ktstr-vcpu-budget``.
+``--ktstr-vcpu-budget``, ``--ktstr-allow-skip``.
+
+A session that collected VM tests on a host without QEMU or a sched_ext
+kernel fails at once with one line saying what is missing (CI must not go
+green having run nothing); ``--ktstr-allow-skip`` (or ``KTSTR_ALLOW_SKIP=1``)
+skips those tests instead, each naming what the host lacks.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,13 @@ import pytest
 
 from ktstr.authoring import TestSpec
 from ktstr.errors import KtstrError
+from ktstr.evaluate.account import Expectation
 from ktstr.evaluate.verdict import Status
 from ktstr.host.kernel import Kernel, resolve_kernel
+from ktstr.host.qemu import find_qemu
+from ktstr.host.results import new_run_dir, results_root
+from ktstr.host.signals import terminate_like_interrupt
 from ktstr.host.slots import vcpu_slots
-from ktstr.host.vm import results_root
 from ktstr.report import to_text
 from ktstr.runner import (
     BootRequest,
@@ -33,6 +40,7 @@ from ktstr.runner import (
     scheduler_binary,
     with_scheduler,
 )
+from ktstr.runner.execute import ATTACH_TIMEOUT, READY_SLACK
 from ktstr.spec.checks import DEFAULTS, merge
 from ktstr.spec.gauntlet import Case, expand, select_for_budget, static_estimate
 from ktstr.spec.scheduler import Profile, Scheduler
@@ -71,23 +79,58 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="max concurrent vCPUs across all workers (default 4 x host CPUs)",
     )
+    g.addoption(
+        "--ktstr-allow-skip",
+        action="store_true",
+        help="skip VM tests on a host without QEMU or a kernel (default: fail the session)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ktstr: a ktstr VM test (added by @ktstr_test)")
     _state["config"] = config
+    terminate_like_interrupt()  # SIGTERM cleans up VMs like Ctrl-C
+
+
+def vm_host_problem(config: pytest.Config) -> str | None:
+    """What this host lacks to boot ktstr VMs, or None."""
+    if "problem" not in _state:
+        problem = None
+        try:
+            find_qemu()
+            _state["kernel"] = resolve_kernel(config.getoption("ktstr_kernel"))
+        except KtstrError as exc:
+            problem = f"host lacks what VM tests need: {exc}" + (
+                f" ({exc.hint})" if exc.hint else ""
+            )
+        _state["problem"] = problem
+    return _state["problem"]  # type: ignore[no-any-return]
+
+
+def require_vm_host(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail the session (or, when allowed, skip ``items``) on a host that
+    cannot boot VMs. Also used by projects for their own VM-marked tests."""
+    if not items:
+        return
+    problem = vm_host_problem(config)
+    if problem is None:
+        return
+    if config.getoption("ktstr_allow_skip") or os.environ.get("KTSTR_ALLOW_SKIP") == "1":
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=problem))
+        return
+    pytest.exit(
+        f"ktstr: {len(items)} VM test(s) collected but {problem}; run ./scripts/setup, "
+        "or pass --ktstr-allow-skip to skip them",
+        returncode=2,
+    )
 
 
 def _kernel() -> Kernel:
-    if "kernel" not in _state:
-        config = _state["config"]
-        try:
-            _state["kernel"] = resolve_kernel(config.getoption("ktstr_kernel"))
-        except KtstrError as exc:
-            _state["kernel"] = exc
+    problem = vm_host_problem(_state["config"])
+    if problem is not None:
+        pytest.skip(problem)
     k = _state["kernel"]
-    if isinstance(k, KtstrError):
-        pytest.skip(f"host lacks a sched_ext kernel: {k} ({k.hint})")
     assert isinstance(k, Kernel)
     return k
 
@@ -150,6 +193,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.ktstr)
         case = item.callspec.params["ktstr_case"]  # type: ignore[attr-defined]
         cases[item.nodeid] = (case, spec)
+    require_vm_host(config, [i for i in items if i.nodeid in cases])
     budget = config.getoption("budget")
     if not budget or not config.getoption("gauntlet"):
         return
@@ -194,11 +238,13 @@ def run_case(spec: TestSpec, case: Case) -> None:
             "duration_s": spec.duration_s,
             "sys_path": [p for p in sys.path if p],
             "host_paths": host_paths,
-            "attach_timeout": 60.0,
+            "attach_timeout": ATTACH_TIMEOUT,
+            "env": guest_env(spec.env_exclude),
         },
         sched,
     )
     accel = config.getoption("ktstr_accel")
+    boot_timeout = 120.0
     req = BootRequest(
         kernel=kernel,
         topology=case.topology,
@@ -206,18 +252,26 @@ def run_case(spec: TestSpec, case: Case) -> None:
         memory_mb=spec.memory_mb,
         accel=None if accel == "auto" else accel,
         name=spec.name,
+        boot_timeout=boot_timeout,
+        scenario_s=spec.duration_s,
+        ready_timeout=min(spec.timeout_s, ATTACH_TIMEOUT + READY_SLACK + 60.0),
+        hard_cap=boot_timeout + spec.timeout_s,
     )
     test_id = case.id if config.getoption("gauntlet") else f"{spec.name}[{case.preset}]"
-    out = _results_root(config) / (
-        time.strftime("%Y%m%d-%H%M%S-") + re.sub(r"[^A-Za-z0-9_.+-]", "_", test_id)
+    expect = Expectation(
+        name=spec.name,
+        topology=case.topology,
+        plans=None,
+        max_scenario_s=spec.duration_s,
+        scheduler=sched is not None,
     )
     thresholds = merge(DEFAULTS, scheduler.thresholds if scheduler else None, spec.thresholds)
     try:
         with vcpu_slots(case.topology.cpus, config.getoption("ktstr_vcpu_budget")):
+            out = new_run_dir(_results_root(config), test_id)
             rec = execute_job(
                 req,
-                name=spec.name,
-                workload_s=spec.duration_s,
+                expect=expect,
                 scheduler=sched,
                 thresholds=thresholds,
                 results_dir=out,
@@ -233,6 +287,22 @@ def run_case(spec: TestSpec, case: Case) -> None:
         pytest.fail(to_text(rec) + f"\nresult: {out / 'result.json'}", pytrace=False)
     if rec.status is Status.SKIP:
         pytest.skip(rec.verdict.findings[0].message)
+
+
+#: Host variables a guest must not inherit: temp and working directories that
+#: do not exist there, and session plumbing of the host's desktop and agents.
+ENV_EXCLUDE = frozenset(
+    {"TMPDIR", "TMP", "TEMP", "PWD", "OLDPWD", "SHLVL", "_", "DISPLAY", "XAUTHORITY",
+     "SSH_AUTH_SOCK", "SSH_AGENT_PID", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR",
+     "PYTEST_CURRENT_TEST", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_TESTRUNUID"}
+)  # fmt: skip
+
+
+def guest_env(exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """The host environment a test body runs with in the guest."""
+    extra = {x.strip() for x in os.environ.get("KTSTR_ENV_EXCLUDE", "").split(",") if x.strip()}
+    drop = ENV_EXCLUDE | extra | set(exclude)
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,12 @@ takes the same RunRecord, so the four outputs never disagree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import re
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +79,29 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
 
 
 def write_sidecar(rec: RunRecord, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+    """``directory/result.json``, written whole (temp file + rename), 0600."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / "result.json"
-    path.write_text(json.dumps(to_json(rec), indent=2, sort_keys=True) + "\n")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".result.json.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(to_json(rec), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
+
+
+#: Characters XML 1.0 cannot carry at all (most C0 controls, surrogates,
+#: U+FFFE/U+FFFF): scheduler output may contain any of them.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` with what XML cannot carry shown as ``\\xNN`` escapes."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def to_text(rec: RunRecord) -> str:
@@ -134,14 +157,14 @@ def to_junit(records: list[RunRecord], suite: str = "ktstr") -> str:
             fail = ET.SubElement(
                 tc,
                 "failure",
-                message=first.message if first else "failed",
+                message=xml_text(first.message if first else "failed"),
                 type=first.check if first else "failure",
             )
-            fail.text = to_text(rec)
+            fail.text = xml_text(to_text(rec))
         elif rec.status is Status.SKIP:
-            ET.SubElement(tc, "skipped", message=rec.verdict.findings[0].message)
+            ET.SubElement(tc, "skipped", message=xml_text(rec.verdict.findings[0].message))
         out = ET.SubElement(tc, "system-out")
-        out.text = "\n".join(format_stats(rec.verdict.stats))
+        out.text = xml_text("\n".join(format_stats(rec.verdict.stats)))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

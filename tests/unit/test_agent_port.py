@@ -2,7 +2,8 @@ import os
 
 from ktstr.guest import agent
 from ktstr.protocol.frames import decode_all
-from ktstr.protocol.messages import MessageKind, WorkerReports
+from ktstr.protocol.messages import MessageKind, WorkerReport, WorkerReports
+from ktstr.protocol.validate import decode_payload
 
 
 def test_port_send_survives_partial_writes(monkeypatch, tmp_path):
@@ -13,7 +14,8 @@ def test_port_send_survives_partial_writes(monkeypatch, tmp_path):
     path = tmp_path / "port"
     with open(path, "wb", buffering=0) as f:
         port = agent.Port(f)
-        big = WorkerReports(cgroup="cg0", reports=[{"wake_lat_us": list(range(20000))}])
+        report = WorkerReport(cgroup="cg0", index=0, pid=1, wake_lat_us=list(range(20000)))
+        big = WorkerReports(cgroup="cg0", reports=[report])
         port.send(port.enc.message(big))
         port.send(port.enc.sys_ready())
     frames = decode_all(path.read_bytes())
@@ -21,4 +23,4 @@ def test_port_send_survives_partial_writes(monkeypatch, tmp_path):
         (MessageKind.WORKER_REPORTS, True),
         (MessageKind.SYS_READY, True),
     ]
-    assert WorkerReports.from_bytes(frames[0].payload) == big
+    assert decode_payload(frames[0].kind, frames[0].payload) == big

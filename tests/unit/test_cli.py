@@ -111,4 +111,11 @@ def test_show_thresholds_with_a_scheduler_definition(env, capsys, tmp_path):
     code, err = run(capsys, "show-thresholds", "--scheduler", f"{defs}:NOT_A_SCHED")
     assert code == 2 and "is not a ktstr Scheduler" in err
     code, err = run(capsys, "show-thresholds", "--scheduler", f"{tmp_path}/missing.py:Q")
-    assert code == 2 and "cannot load scheduler definition" in err
+    assert code == 2 and "no file" in err and err.count("\n") == 1
+    (tmp_path / "broken.py").write_text("import os\nX = os.environ['KTSTR_NOPE']\n")
+    code, err = run(capsys, "show-thresholds", "--scheduler", f"{tmp_path}/broken.py:X")
+    assert code == 2 and f"{tmp_path}/broken.py:2: KeyError: 'KTSTR_NOPE'" in err
+    (tmp_path / "syntax.py").write_text("from ktstr import Scheduler\nS = (\n")
+    code, err = run(capsys, "show-thresholds", "--scheduler", f"{tmp_path}/syntax.py:S")
+    assert code == 2 and f"{tmp_path}/syntax.py:2: SyntaxError" in err
+    assert "Traceback" not in err

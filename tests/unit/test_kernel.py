@@ -117,7 +117,8 @@ def test_cache_import_resolve_clean(tmp_path, monkeypatch):
     other = make_kernel_dir(tmp_path / "src2", GOOD.replace("6.12.1", "6.13.0"))
     import_kernel(other)
     assert len(cached_kernels()) == 2
-    assert len(clean_cache(keep=1)) == 1 and len(cached_kernels()) == 1
+    removed, busy = clean_cache(keep=1)
+    assert len(removed) == 1 and busy == [] and len(cached_kernels()) == 1
     assert not list((tmp_path / "cache" / "ktstr" / "kernels").glob(".*tmp"))
 
 
@@ -128,4 +129,66 @@ def test_import_needs_an_image(tmp_path, monkeypatch):
     (src / "config").write_text(GOOD)
     with pytest.raises(KernelError, match="no vmlinux"):
         import_kernel(src)
-    assert not any((tmp_path / "cache" / "ktstr" / "kernels").iterdir())  # nothing left
+    root = tmp_path / "cache" / "ktstr" / "kernels"
+    assert not root.exists() or [p.name for p in root.iterdir()] == [".lock"]  # nothing left
+
+
+def test_another_build_of_the_same_version_is_another_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    a = import_kernel(make_kernel_dir(tmp_path / "a"))
+    b_dir = make_kernel_dir(tmp_path / "b")
+    (b_dir / "bzImage").write_bytes(b"\x01" * 64)  # a patched kernel, same config
+    b = import_kernel(b_dir)
+    assert a != b and a.name.startswith("6.12.1-imported-")
+    assert import_kernel(tmp_path / "a") == a  # the same source again: the same entry
+
+
+def test_a_crafted_version_stays_inside_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    evil = GOOD.replace("6.12.1", "../../../../evil/x")
+    entry = import_kernel(make_kernel_dir(tmp_path / "src", evil))
+    assert entry.parent == tmp_path / "cache" / "ktstr" / "kernels"
+    assert "/" not in entry.name and ".." not in entry.name
+    assert not (tmp_path / "evil").exists()
+
+
+def test_an_unusable_kernel_is_never_cached_or_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("KTSTR_KERNEL", raising=False)
+    good = import_kernel(make_kernel_dir(tmp_path / "good"))
+    no_scx = GOOD.replace("CONFIG_SCHED_CLASS_EXT=y", "# CONFIG_SCHED_CLASS_EXT is not set")
+    with pytest.raises(KconfigError):
+        import_kernel(make_kernel_dir(tmp_path / "bad", no_scx.replace("6.12.1", "6.14.0")))
+    assert cached_kernels() == [good] and resolve_kernel(None).directory == good
+    root = tmp_path / "cache" / "ktstr" / "kernels"
+    assert sorted(p.name for p in root.iterdir()) == [".lock", good.name]
+
+
+def _import_in_child(args):
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = args[0]
+    return str(import_kernel(Path(args[1])))
+
+
+def test_parallel_imports_of_one_kernel_all_succeed(tmp_path):
+    import multiprocessing
+
+    src = make_kernel_dir(tmp_path / "src")
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        got = pool.map(_import_in_child, [(str(tmp_path / "cache"), str(src))] * 3)
+    assert len(set(got)) == 1 and (Path(got[0]) / "meta.json").is_file()
+    root = tmp_path / "cache" / "ktstr" / "kernels"
+    assert [p.name for p in root.iterdir() if p.name != ".lock"] == [Path(got[0]).name]
+
+
+def test_clean_keeps_a_kernel_a_running_vm_uses(tmp_path, monkeypatch):
+    from ktstr.host.kernel import kernel_in_use
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = import_kernel(make_kernel_dir(tmp_path / "old"))
+    import_kernel(make_kernel_dir(tmp_path / "new", GOOD.replace("6.12.1", "6.13.0")))
+    with kernel_in_use(load_kernel(old)):
+        removed, busy = clean_cache(keep=0)
+    assert busy == [old] and old.is_dir() and len(removed) == 1
+    assert clean_cache(keep=0) == ([old], [])

@@ -13,12 +13,21 @@ from ktstr.errors import KernelError
 from ktstr.host.kernel_build import resolve_source
 
 
-def fake_tree(root: Path, *, sched_ext: bool = True) -> Path:
+def fake_tree(root: Path, *, sched_ext: bool = True, layout: str = "6.12") -> Path:
+    """A tree the source checks accept: 6.12 keeps sched_ext in
+    kernel/sched/ext.c, 7.x in kernel/sched/ext/; both declare the symbol."""
     (root / "kernel" / "sched").mkdir(parents=True)
     (root / "Makefile").write_text("kernelversion:\n\t@echo 6.12.0\n")
     (root / "kernel" / "sched" / "core.c").write_text("/* the scheduler core */\n")
     if sched_ext:
-        (root / "kernel" / "sched" / "ext.c").write_text("/* sched_ext */\n")
+        if layout == "6.12":
+            (root / "kernel" / "sched" / "ext.c").write_text("/* sched_ext */\n")
+        else:
+            (root / "kernel" / "sched" / "ext").mkdir()
+            (root / "kernel" / "sched" / "ext" / "core.c").write_text("/* sched_ext */\n")
+        (root / "kernel" / "Kconfig.preempt").write_text(
+            "config SCHED_CLASS_EXT\n\tbool \"Extensible Scheduling Class\"\n"
+        )
     return root
 
 
@@ -28,9 +37,30 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_source_tree(cache):
-    tree = fake_tree(cache / "linux")
+@pytest.mark.parametrize("layout", ["6.12", "7.3"])
+def test_source_tree(cache, layout):
+    """sched_ext is found by its Kconfig symbol, wherever its sources live."""
+    tree = fake_tree(cache / "linux", layout=layout)
     assert resolve_source(str(tree), None) == tree.resolve()
+
+
+def test_source_identity_changes_with_a_patch_and_a_ref(cache):
+    from ktstr.host.kernel_build import source_identity
+
+    tree = fake_tree(cache / "linux")
+    before = source_identity(tree)
+    assert source_identity(tree) == before
+    (tree / "kernel" / "sched" / "core.c").write_text("/* patched */\n")
+    assert source_identity(tree) != before
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    clean = source_identity(tree)
+    (tree / "kernel" / "sched" / "core.c").write_text("/* dirty */\n")
+    dirty = source_identity(tree)
+    subprocess.run([*git, "commit", "-qam", "v2"], check=True)
+    assert len({clean, dirty, source_identity(tree)}) == 3
 
 
 def test_tarball_is_extracted_once(cache):
@@ -52,6 +82,7 @@ def test_git_url_and_ref(cache):
     subprocess.run([*git, "commit", "-qm", "v1"], check=True)
     subprocess.run([*git, "tag", "v6.12"], check=True)
     (repo / "kernel" / "sched" / "ext.c").unlink()
+    (repo / "kernel" / "Kconfig.preempt").write_text("config PREEMPT\n")
     subprocess.run([*git, "commit", "-qam", "drop sched_ext"], check=True)
     tree = resolve_source(f"file://{repo}", "v6.12")
     assert (tree / "kernel" / "sched" / "ext.c").is_file()  # the tag, not the tip
@@ -98,3 +129,35 @@ def test_tarball_escaping_dest_is_refused(cache, tar_mode, evil):
         resolve_source(str(tarball), None)
     assert not list((cache / "cache" / "ktstr" / "build" / "src").glob("*"))  # nothing left
     assert not (cache / "cache" / "ktstr" / "build" / "escape.txt").exists()
+
+
+def _symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    tar.addfile(info)
+
+
+def test_tarball_with_chained_symlinks_is_refused(cache, tar_mode):
+    """a/b -> .. is harmless alone; a/b/c -> .. then lands outside: the
+    check resolves each member through what was already extracted."""
+    tarball = cache / "chain.tar"
+    with tarfile.open(tarball, "w") as tar:
+        (cache / "a").mkdir()
+        tar.add(cache / "a", arcname="a", recursive=False)
+        _symlink(tar, "a/b", "..")
+        _symlink(tar, "a/b/c", "..")
+        info = tarfile.TarInfo("a/b/c/escaped.txt")
+        info.size = 1
+        import io
+
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(KernelError, match="refusing to extract"):
+        resolve_source(str(tarball), None)
+    assert not list((cache / "cache" / "ktstr" / "build").rglob("escaped.txt"))
+    assert not (cache / "cache" / "ktstr" / "escaped.txt").exists()
+
+
+def test_git_sources_cannot_pass_options(cache):
+    with pytest.raises(KernelError):
+        resolve_source("--upload-pack=touch /tmp/pwned.git", None)

@@ -3,6 +3,7 @@ checked against the schema CI systems read, KTAP against the v1 rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,7 +16,7 @@ import xmlschema
 from ktstr.evaluate.verdict import Outcome, RunData, evaluate
 from ktstr.report import RunRecord, to_json, to_junit, to_ktap, to_text, write_sidecar
 from ktstr.spec.checks import DEFAULTS, timing_scale
-from tests.unit.fake_reports import worker_report
+from tests.unit.fake_reports import group, worker_report
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -26,7 +27,9 @@ rep = functools.partial(worker_report, units=500, gap=12.0, cpus=(0, 1))
 def record(name: str, groups, outcome=None, scheduler=None) -> RunRecord:
     outcome = outcome or Outcome()
     verdict = evaluate(
-        RunData(duration_s=2.0, groups=groups, outcome=outcome), DEFAULTS, timing_scale(True, 4, 2)
+        RunData(groups=tuple(group(*g) for g in groups), outcome=outcome),
+        DEFAULTS,
+        timing_scale(True, 4, 2),
     )
     return RunRecord(
         test=name,
@@ -44,7 +47,10 @@ def record(name: str, groups, outcome=None, scheduler=None) -> RunRecord:
 
 
 RECORDS = [
-    record("steady", (("cg0", (rep(0), rep(1)), None), ("cg1", (rep(0), rep(1)), None))),
+    record(
+        "steady",
+        (("cg0", (rep(0), rep(1)), (0, 1, 2, 3)), ("cg1", (rep(0), rep(1)), (0, 1, 2, 3))),
+    ),
     record("stalled", (("cg0", (rep(0, gap=35000.0, cpus=(1,)), rep(1, units=0)), (0, 1)),)),
     record(
         "qmap_error",
@@ -89,6 +95,22 @@ def test_junit_golden_and_valid_against_schema():
     golden("report.junit.xml", xml)
     xmlschema.XMLSchema(str(DATA / "junit.xsd")).validate(xml)
     assert 'failures="2"' in xml and 'skipped="1"' in xml
+
+
+def test_junit_carries_every_byte_of_scheduler_output():
+    """Scheduler output and dumps may hold any byte: the XML stays valid and
+    shows what it cannot carry as escapes."""
+    every = bytes(range(256)).decode("latin-1")
+    rec = record(
+        "qmap_error",
+        (),
+        Outcome(sched_died=("error_bpf", f"reason {every}"), sched_dump=every * 2),
+        scheduler={"name": "scx_qmap", "binary": "/s/scx_qmap", "args": []},
+    )
+    rec = dataclasses.replace(rec, sched_log_tail=every)
+    xml = to_junit([rec])
+    xmlschema.XMLSchema(str(DATA / "junit.xsd")).validate(xml)
+    assert "\\x00" in xml and "\\x1b" in xml and "\x00" not in xml
 
 
 KTAP_RESULT = re.compile(r"^(ok|not ok) (\d+)( [^#]*)?( # (SKIP|TODO)( .*)?)?$")

@@ -1,11 +1,18 @@
 import pytest
 
-from ktstr.evaluate.stats import cgroup_stats, format_stats, off_cpu_pct, percentile, run_stats
-from tests.unit.fake_reports import worker_report
+from ktstr.evaluate.stats import (
+    Sample,
+    cgroup_stats,
+    format_stats,
+    off_cpu_pct,
+    percentile,
+    run_stats,
+)
+from tests.unit.fake_reports import ANY_CPU, error_report, group, worker_report
 
 
-def rep(on_ms: float, **kw: object) -> dict[str, object]:
-    return worker_report(on_ms=on_ms, units=10, gap_at=100.0, **kw)  # type: ignore[arg-type]
+def rep(on_ms: float, **kw: object) -> Sample:
+    return Sample(worker_report(on_ms=on_ms, units=10, gap_at=100.0, **kw), ANY_CPU, 2.0)  # type: ignore[arg-type]
 
 
 def test_percentile_nearest_rank():
@@ -27,7 +34,7 @@ def test_worst_gap_and_latency_and_errors():
         [
             rep(1000, gap=3500, cpus=(0, 1), lat=(10, 20, 30)),
             rep(1000, gap=20, lat=(40,)),
-            {"cgroup": "cg", "error": "boom"},
+            Sample(error_report(2, "boom"), ANY_CPU, 2.0),
         ],
     )
     assert (c.max_gap_ms, c.max_gap_cpu, c.migrations) == (3500, 1, 1)
@@ -37,7 +44,10 @@ def test_worst_gap_and_latency_and_errors():
 
 def test_format_stats_block():
     stats = run_stats(
-        [("cg0", [rep(1900, gap=3500, cpus=(0, 1)), rep(1700)], [0, 1]), ("cg1", [rep(2000)], None)]
+        [
+            group("cg0", [rep(1900, gap=3500, cpus=(0, 1)).report, rep(1700).report], (0, 1)),
+            group("cg1", [rep(2000).report]),
+        ]
     )
     lines = format_stats(stats)
     assert lines[0] == ("3 workers, 2 cpus, 1 migrations, worst_spread=10.0%, worst_gap=3500ms")

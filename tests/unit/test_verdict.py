@@ -1,8 +1,8 @@
 import pytest
 
-from ktstr.evaluate.verdict import Outcome, RunData, Status, evaluate
+from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, evaluate
 from ktstr.spec.checks import DEFAULTS, Scale, Thresholds, merge
-from tests.unit.fake_reports import worker_report
+from tests.unit.fake_reports import error_report, group, worker_report
 
 ONLY = Thresholds(not_starved=False, isolation=False)  # switch the boolean defaults off
 
@@ -10,10 +10,8 @@ ONLY = Thresholds(not_starved=False, isolation=False)  # switch the boolean defa
 rep = worker_report
 
 
-def judge(reports, thresholds, allowed=None, outcome=None):
-    data = RunData(
-        duration_s=2.0, groups=(("cg0", tuple(reports), allowed),), outcome=outcome or Outcome()
-    )
+def judge(reports, thresholds, allowed=None, outcome=None, **data):
+    data = RunData(groups=(group("cg0", reports, allowed),), outcome=outcome or Outcome(), **data)
     return evaluate(data, thresholds)
 
 
@@ -62,6 +60,12 @@ def test_isolation_off_and_unrestricted():
         is Status.PASS
     )
     assert judge([rep(cpus=(5,))], DEFAULTS, allowed=None).status is Status.PASS
+
+
+def test_rates_use_the_planned_time_not_the_guests_wall():
+    # a report claiming a tiny wall time cannot inflate its rate
+    v = judge([rep(units=100, wall=0.001)], ONLY.merged(Thresholds(min_work_rate=51.0)))
+    assert checks(v) == ["min_work_rate"]  # 100 units over the planned 2 s
 
 
 @pytest.mark.parametrize(("limit", "fails"), [(0.5, True), (0.6, False)])
@@ -114,10 +118,14 @@ def test_outcomes_are_findings_and_silence_worker_checks():
         assert checks(judge([], DEFAULTS, outcome=outcome)) == [check]
 
 
-def test_lost_reports_and_worker_errors_fail():
-    v = judge([rep()], DEFAULTS, outcome=Outcome(reports_sent=2))
-    assert checks(v) == ["lost_reports"]
-    v = judge([rep(), {"index": 1, "error": "OSError: boom"}], DEFAULTS)
+def test_completeness_fails_unless_the_run_already_broke_and_integrity_always():
+    lost = Finding("lost_reports", "fail", "no report from 1 worker(s): cg0[1]")
+    torn = Finding("torn_frame", "fail", "1 torn frame(s) from the guest")
+    assert checks(judge([rep()], DEFAULTS, completeness=(lost,))) == ["lost_reports"]
+    died = Outcome(sched_died=("error", "stall"))
+    v = judge([rep()], DEFAULTS, outcome=died, completeness=(lost,), integrity=(torn,))
+    assert checks(v) == ["scheduler_died", "torn_frame"]
+    v = judge([rep(), error_report(1, "OSError: boom")], DEFAULTS)
     assert checks(v) == ["worker_error"]
 
 
@@ -128,6 +136,6 @@ def test_skip_and_pass():
 
 
 def test_scale_widens_timing_checks():
-    data = RunData(duration_s=2.0, groups=(("cg0", (rep(gap=3000.0),), None),))
+    data = RunData(groups=(group("cg0", [rep(gap=3000.0)]),))
     assert evaluate(data, DEFAULTS).status is Status.FAIL
     assert evaluate(data, DEFAULTS, Scale(4.0, "TCG x4")).status is Status.PASS

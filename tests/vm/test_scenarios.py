@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from ktstr.evaluate.account import Expectation, account
 from ktstr.evaluate.stats import run_stats
 from ktstr.runner import BootRequest, GuestRun, SchedulerRun, run_scenario, scheduler_binary
 from ktstr.spec.catalog import SCENARIOS
-from ktstr.spec.scenario import resolve
+from ktstr.spec.scenario import Plan, resolve
 from ktstr.spec.topology import Topology
 
 TOPO = Topology.parse("1n2l2c1t")
@@ -18,7 +19,13 @@ def scenario(
     kernel, name: str, duration: float = 3.0, sched: SchedulerRun | None = None
 ) -> GuestRun:
     req = BootRequest(kernel=kernel, topology=TOPO, job={}, name=name)
-    return run_scenario(req, resolve(SCENARIOS[name], TOPO, duration), sched)
+    plan = resolve(SCENARIOS[name], TOPO, duration)
+    run = run_scenario(req, plan, sched)
+    PLANS[id(run)] = plan
+    return run
+
+
+PLANS: dict[int, Plan] = {}  # the plan each run was given
 
 
 def sched(kernel, name: str, *args: str) -> SchedulerRun:
@@ -27,21 +34,32 @@ def sched(kernel, name: str, *args: str) -> SchedulerRun:
     return SchedulerRun(binary=scheduler_binary(name, kernel), args=args)
 
 
-def assert_clean(run: GuestRun, name: str) -> None:
+def groups(run: GuestRun, sched: bool = False):
+    """The samples the host vouches for, and what the plan owed and did not get."""
+    plan = PLANS[id(run)]
+    expect = Expectation(name=plan.scenario, topology=TOPO, plans=(plan,), scheduler=sched)
+    return account(run.evidence, expect)
+
+
+def assert_clean(run: GuestRun, name: str, sched: bool = False) -> None:
     result = run.result(name)
     assert result is not None, "the guest sent no scenario result"
     assert result.data["leftover_cgroups"] == [] and result.data["leftover_workers"] == 0
     assert run.exit_code == 0
+    ev = run.evidence
+    assert ev.malformed_count == ev.torn_count == 0 and not ev.overflow, ev.malformed
+    _, missing = groups(run, sched)
+    assert missing == [], missing  # complete: every planned worker reported once
 
 
 def test_steady_under_eevdf(kernel, isolated):
     run = scenario(kernel, "steady")
-    stats = run_stats([(w.cgroup, w.reports, w.cpus) for w in run.worker_reports])
+    stats = run_stats(groups(run)[0])
     assert [c.name for c in stats.cgroups] == ["cg0", "cg1"]
     assert stats.workers == 4
-    for r in (r for w in run.worker_reports for r in w.reports):
-        assert "error" not in r, r
-        assert r["work_units"] > 0 and r["wall_s"] > 2.0 and r["cpus"]
+    for r in run.worker_reports:
+        assert r.error is None, r
+        assert r.work_units > 0 and r.wall_s > 2.0 and r.cpus
     assert run.sched_exit is None
     assert [s.op for s in run.stimuli] == ["add_cgroup", "add_cgroup"]
     assert_clean(run, "steady")
@@ -54,9 +72,9 @@ def test_steady_under_scx_simple(kernel, isolated):
     )
     assert any(lc.phase == "scheduler_stopped" for lc in run.lifecycle)
     assert run.sched_exit is None
-    reports = [r for w in run.worker_reports for r in w.reports]
-    assert len(reports) == 4 and all(r["work_units"] > 0 for r in reports)
-    assert_clean(run, "steady")
+    reports = run.worker_reports
+    assert len(reports) == 4 and all(r.work_units > 0 for r in reports)
+    assert_clean(run, "steady", sched=True)
 
 
 def test_scheduler_error_mid_run_is_reported_with_reason_and_dump(kernel, isolated):
@@ -82,21 +100,18 @@ def test_scheduler_that_never_attaches(kernel, isolated, tmp_path):
 
 def test_disjoint_cpusets_keep_workers_on_their_cpus(kernel, isolated):
     run = scenario(kernel, "cpuset_disjoint")
-    by_cg = {w.cgroup: w for w in run.worker_reports}
-    assert by_cg["left"].cpus == [0, 1] and by_cg["right"].cpus == [2, 3]
-    for w in run.worker_reports:
-        for r in w.reports:
-            assert r["work_units"] > 0
-            assert set(r["cpus"]) <= set(w.cpus), f"{w.cgroup} ran on {r['cpus']}"
+    samples = [s for g in groups(run)[0] for s in g.samples]
+    allowed = {s.report.cgroup: s.allowed for s in samples}  # from the host's plan
+    assert allowed == {"left": (0, 1), "right": (2, 3)}
+    for s in samples:
+        assert s.report.work_units > 0
+        assert set(s.report.cpus) <= set(s.allowed), f"{s.report.cgroup} ran on {s.report.cpus}"
     assert_clean(run, "cpuset_disjoint")
 
 
 def test_paired_work_reports_wake_latencies(kernel, isolated):
     run = scenario(kernel, "wake_latency")
-    stats = {
-        c.name: c
-        for c in run_stats([(w.cgroup, w.reports, w.cpus) for w in run.worker_reports]).cgroups
-    }
+    stats = {c.name: c for c in run_stats(groups(run)[0]).cgroups}
     for name in ("futex", "pipe"):
         c = stats[name]
         assert c.workers == 2 and not c.errors
@@ -112,15 +127,17 @@ def test_scx_central_attaches_with_its_kthread_quirk(kernel, isolated):
     assert any(
         lc.phase == "scheduler_attached" and lc.detail["ops"] == "central" for lc in run.lifecycle
     )
-    assert all(r["work_units"] > 0 for w in run.worker_reports for r in w.reports)
-    assert_clean(run, "steady")
+    assert all(r.work_units > 0 for r in run.worker_reports)
+    assert_clean(run, "steady", sched=True)
 
 
 def test_periodic_snapshots_are_spaced_in_workload_time(kernel, isolated):
     """num_snapshots captures at 10 %, 50 % and 90 % of the workload (in
     workload time: boot does not count), each freezing the guest via QMP."""
     req = BootRequest(kernel=kernel, topology=TOPO, job={}, num_snapshots=3)
-    run = run_scenario(req, resolve(SCENARIOS["steady"], TOPO, 4.0))
+    plan = resolve(SCENARIOS["steady"], TOPO, 4.0)
+    run = run_scenario(req, plan)
+    PLANS[id(run)] = plan
     periodic = [s for s in run.snapshots if s["periodic"] >= 0]
     assert [s["periodic"] for s in periodic] == [0, 1, 2]
     for snap, want in zip(periodic, (0.4, 2.0, 3.6), strict=True):

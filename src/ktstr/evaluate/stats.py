@@ -1,11 +1,42 @@
-"""Pure: worker reports -> per-cgroup and run-wide statistics."""
+"""Pure: worker samples -> per-cgroup and run-wide statistics.
+
+A ``Sample`` is a worker's validated report plus what the host itself knows
+of that worker: the CPUs its cgroups allowed and how long it was planned to
+run (``spec/ledger.py``). Rates and shares are taken over the planned time,
+never over a time the guest reports.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from ktstr.protocol.messages import WorkerReport
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    report: WorkerReport
+    allowed: tuple[int, ...]
+    planned_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.report.error is None
+
+    @property
+    def seconds(self) -> float:
+        """The time rates are taken over: the planned run, at least 1 ms."""
+        return max(self.planned_s, 1e-3)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The samples of one cgroup of one scenario."""
+
+    name: str
+    samples: tuple[Sample, ...]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -17,13 +48,11 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def off_cpu_pct(report: dict[str, Any]) -> float:
-    """Share of the worker's wall time it was not on a CPU."""
-    wall = float(report.get("wall_s") or 0.0)
-    if wall <= 0:
-        return 100.0
-    on = float(report.get("on_cpu_ms") or 0.0) / 1000 or float(report.get("cpu_s") or 0.0)
-    return max(0.0, min(100.0, 100.0 * (1.0 - on / wall)))
+def off_cpu_pct(s: Sample) -> float:
+    """Share of the worker's planned time it was not on a CPU."""
+    r = s.report
+    on = r.on_cpu_ms / 1000 or r.cpu_s
+    return max(0.0, min(100.0, 100.0 * (1.0 - on / s.seconds)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,36 +99,33 @@ class RunStats:
         return max(self.cgroups, key=lambda c: c.max_gap_ms, default=None)
 
 
-def cgroup_stats(
-    name: str, reports: Sequence[dict[str, Any]], allowed: Sequence[int] | None = None
-) -> CgroupStats:
-    ok = [r for r in reports if "error" not in r]
-    offs = [off_cpu_pct(r) for r in ok]
-    worst = max(ok, key=lambda r: float(r.get("max_gap_ms", 0.0)), default={})
-    lats = [float(x) for r in ok for x in r.get("wake_lat_us", [])]
+def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
+    ok = [s for s in samples if s.ok]
+    offs = [off_cpu_pct(s) for s in ok]
+    worst = max(ok, key=lambda s: s.report.max_gap_ms, default=None)
+    lats = [x for s in ok for x in s.report.wake_lat_us]
+    allowed = sorted({c for s in samples for c in s.allowed})
     return CgroupStats(
         name=name,
-        workers=len(reports),
-        cpus=tuple(sorted({int(c) for r in ok for c in r.get("cpus", [])})),
+        workers=len(samples),
+        cpus=tuple(sorted({c for s in ok for c in s.report.cpus})),
         spread_pct=(max(offs) - min(offs)) if offs else 0.0,
-        max_gap_ms=float(worst.get("max_gap_ms", 0.0)),
-        max_gap_cpu=int(worst.get("max_gap_cpu", -1)),
-        max_gap_at_ms=float(worst.get("max_gap_at_ms", 0.0)),
-        migrations=sum(int(r.get("migrations", 0)) for r in ok),
-        iterations=sum(int(r.get("iterations", 0)) for r in ok),
-        work_units=sum(int(r.get("work_units", 0)) for r in ok),
+        max_gap_ms=worst.report.max_gap_ms if worst else 0.0,
+        max_gap_cpu=worst.report.max_gap_cpu if worst else -1,
+        max_gap_at_ms=worst.report.max_gap_at_ms if worst else 0.0,
+        migrations=sum(s.report.migrations for s in ok),
+        iterations=sum(s.report.iterations for s in ok),
+        work_units=sum(s.report.work_units for s in ok),
         wake_p50_us=percentile(lats, 50),
         wake_p99_us=percentile(lats, 99),
-        wake_samples=sum(int(r.get("wake_samples", 0)) for r in ok),
-        errors=tuple(str(r["error"]) for r in reports if "error" in r),
-        allowed=tuple(allowed) if allowed is not None else None,
+        wake_samples=sum(s.report.wake_samples for s in ok),
+        errors=tuple(str(s.report.error) for s in samples if not s.ok),
+        allowed=tuple(allowed) if allowed else None,
     )
 
 
-def run_stats(
-    groups: Iterable[tuple[str, Sequence[dict[str, Any]], Sequence[int] | None]],
-) -> RunStats:
-    return RunStats(cgroups=tuple(cgroup_stats(n, r, a) for n, r, a in groups))
+def run_stats(groups: Iterable[Group]) -> RunStats:
+    return RunStats(cgroups=tuple(cgroup_stats(g.name, g.samples) for g in groups))
 
 
 def format_stats(stats: RunStats) -> list[str]:

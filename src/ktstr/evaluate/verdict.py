@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from ktstr.evaluate.stats import CgroupStats, RunStats, percentile, run_stats
+from ktstr.evaluate.stats import CgroupStats, Group, RunStats, Sample, percentile, run_stats
 from ktstr.spec.checks import Scale, Thresholds, scaled
 from ktstr.spec.topology import format_cpus
 
@@ -34,7 +34,7 @@ class Finding:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    """How the run itself ended, as the host saw it."""
+    """How the run itself ended."""
 
     sched_not_attached: str = ""  # reason
     sched_died: tuple[str, str] | None = None  # (exit kind, reason)
@@ -43,15 +43,20 @@ class Outcome:
     guest_crash: str = ""  # kernel panic line
     agent_crash: str = ""
     timeout: tuple[str, str] | None = None  # (kind, message)
-    reports_sent: int | None = None  # what the guest said it sent
+    infra: str = ""  # the host could not carry the run through
     skip_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunData:
-    duration_s: float
-    groups: tuple[tuple[str, tuple[dict[str, Any], ...], tuple[int, ...] | None], ...] = ()
+    groups: tuple[Group, ...] = ()
     outcome: Outcome = field(default_factory=Outcome)
+    #: Damage to the evidence itself (malformed or torn frames, overflow):
+    #: reported whatever else happened.
+    integrity: tuple[Finding, ...] = ()
+    #: Evidence the plan owed and did not get (reports, results, exit status):
+    #: reported when the run did not already break for a clearer reason.
+    completeness: tuple[Finding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +104,8 @@ def outcome_findings(o: Outcome) -> list[Finding]:
         out.append(_fail("agent_crash", f"guest agent crashed: {o.agent_crash}"))
     if o.timeout:
         out.append(_fail(o.timeout[0], o.timeout[1]))
+    if o.infra:
+        out.append(_fail("infrastructure", o.infra))
     return out
 
 
@@ -109,48 +116,48 @@ def _cv(values: list[float]) -> float:
     return statistics.pstdev(values) / mean if mean > 0 else 0.0
 
 
-def _worker_checks(
-    t: Thresholds, r: dict[str, Any], who: str, allowed: tuple[int, ...] | None, duration: float
-) -> list[Finding]:
+def _worker_checks(t: Thresholds, s: Sample, who: str) -> list[Finding]:
     out = []
-    wall = float(r.get("wall_s") or duration or 1.0)
-    if t.not_starved and int(r.get("work_units", 0)) == 0:
+    r = s.report
+    if t.not_starved and r.work_units == 0:
         out.append(
-            _fail("starvation", f"{who} made no progress (0 work units in {wall:.1f}s)", worker=who)
+            _fail(
+                "starvation",
+                f"{who} made no progress (0 work units in {s.planned_s:.1f}s)",
+                worker=who,
+            )
         )
-    gap, limit = float(r.get("max_gap_ms", 0.0)), t.max_gap_ms
-    if limit not in (None, False) and gap > float(limit):
+    limit = t.max_gap_ms
+    if limit not in (None, False) and r.max_gap_ms > float(limit):
         out.append(
             _fail(
                 "gap",
-                f"stuck {gap:.0f}ms on cpu{r.get('max_gap_cpu')} at "
-                f"+{float(r.get('max_gap_at_ms', 0)):.0f}ms ({who}; limit "
-                f"{float(limit):.0f}ms)",
+                f"stuck {r.max_gap_ms:.0f}ms on cpu{r.max_gap_cpu} at "
+                f"+{r.max_gap_at_ms:.0f}ms ({who}; limit {float(limit):.0f}ms)",
                 worker=who,
-                gap_ms=gap,
-                cpu=r.get("max_gap_cpu"),
-                at_ms=r.get("max_gap_at_ms"),
+                gap_ms=r.max_gap_ms,
+                cpu=r.max_gap_cpu,
+                at_ms=r.max_gap_at_ms,
             )
         )
-    if t.isolation and allowed is not None:
-        outside = sorted(set(int(c) for c in r.get("cpus", [])) - set(allowed))
-        if outside:
-            out.append(
-                _fail(
-                    "isolation",
-                    f"{who} ran on cpu {format_cpus(outside)} outside its "
-                    f"cpuset {format_cpus(list(allowed))}",
-                    worker=who,
-                    outside=outside,
-                    cpuset=list(allowed),
-                )
+    outside = sorted(set(r.cpus) - set(s.allowed))
+    if t.isolation and outside:
+        out.append(
+            _fail(
+                "isolation",
+                f"{who} ran on cpu {format_cpus(outside)} outside its "
+                f"cpuset {format_cpus(list(s.allowed))}",
+                worker=who,
+                outside=outside,
+                cpuset=list(s.allowed),
             )
-    for name, key, unit in (
-        ("min_work_rate", "work_units", "work units"),
-        ("min_iteration_rate", "iterations", "iterations"),
+        )
+    for name, value, unit in (
+        ("min_work_rate", r.work_units, "work units"),
+        ("min_iteration_rate", r.iterations, "iterations"),
     ):
         limit = getattr(t, name)
-        rate = int(r.get(key, 0)) / wall
+        rate = value / s.seconds
         if limit not in (None, False) and rate < float(limit):
             out.append(
                 _fail(
@@ -160,11 +167,9 @@ def _worker_checks(
     return out
 
 
-def _cgroup_checks(
-    t: Thresholds, c: CgroupStats, reports: tuple[dict[str, Any], ...]
-) -> list[Finding]:
+def _cgroup_checks(t: Thresholds, c: CgroupStats, samples: tuple[Sample, ...]) -> list[Finding]:
     out = []
-    ok = [r for r in reports if "error" not in r]
+    ok = [s for s in samples if s.ok]
     if (
         t.max_spread_pct not in (None, False)
         and len(ok) >= 2
@@ -179,7 +184,7 @@ def _cgroup_checks(
             )
         )
     if t.max_throughput_cv not in (None, False) and len(ok) >= 2:
-        cv = _cv([int(r.get("work_units", 0)) / float(r.get("wall_s") or 1) for r in ok])
+        cv = _cv([s.report.work_units / s.seconds for s in ok])
         if cv > float(t.max_throughput_cv):
             out.append(
                 _fail(
@@ -189,7 +194,7 @@ def _cgroup_checks(
                     cv=cv,
                 )
             )
-    lats = [float(x) for r in ok for x in r.get("wake_lat_us", [])]
+    lats = [x for s in ok for x in s.report.wake_lat_us]
     if lats and t.max_wake_p99_us not in (None, False):
         p99 = percentile(lats, 99)
         if p99 > float(t.max_wake_p99_us):
@@ -231,11 +236,14 @@ NO_SCALE = Scale()
 
 
 def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> Verdict:
+    """Findings in order of precedence: how the run ended (a broken run's
+    worker checks would only restate it), damage to the evidence, evidence
+    the plan owed and did not get, then the checks on every worker."""
     t = scaled(thresholds, scale)
     stats = run_stats(data.groups)
     findings = outcome_findings(data.outcome)
     o = data.outcome
-    if o.skip_reason and not findings:
+    if o.skip_reason and not findings and not data.integrity:
         return Verdict(
             status=Status.SKIP,
             findings=(Finding("skip", "info", o.skip_reason),),
@@ -244,21 +252,13 @@ def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> 
             scale=scale,
         )
     broken = bool(findings)
-    if o.reports_sent is not None and stats.workers != o.reports_sent and not broken:
-        findings.append(
-            _fail(
-                "lost_reports",
-                f"received {stats.workers} of {o.reports_sent} worker reports",
-                received=stats.workers,
-                sent=o.reports_sent,
-            )
-        )
+    findings += data.integrity
     if not broken:
-        for (name, reports, allowed), c in zip(data.groups, stats.cgroups, strict=True):
-            for r in reports:
-                who = f"{name}[{r.get('index', '?')}]"
-                if "error" not in r:
-                    findings += _worker_checks(t, r, who, allowed, data.duration_s)
-            findings += _cgroup_checks(t, c, reports)
+        findings += data.completeness
+        for group, c in zip(data.groups, stats.cgroups, strict=True):
+            for s in group.samples:
+                if s.ok:
+                    findings += _worker_checks(t, s, f"{group.name}[{s.report.index}]")
+            findings += _cgroup_checks(t, c, group.samples)
     status = Status.FAIL if any(f.cls == "fail" for f in findings) else Status.PASS
     return Verdict(status=status, findings=tuple(findings), stats=stats, thresholds=t, scale=scale)

@@ -196,7 +196,12 @@ def run_exec(port: Port, command: str) -> int:
     code = proc.wait()
     for t in pumps:
         t.join()
-    return code
+    return shell_status(code)
+
+
+def shell_status(code: int) -> int:
+    """A shell's view of an exit: 128 + N for death by signal N, 0..255."""
+    return 128 - code if code < 0 else min(code, 255)
 
 
 def run_shell() -> int:
@@ -214,7 +219,7 @@ def run_shell() -> int:
     while True:
         wpid, status = os.wait()
         if wpid == pid:
-            return os.waitstatus_to_exitcode(status)
+            return shell_status(os.waitstatus_to_exitcode(status))
 
 
 def do_job(port: Port, job: dict[str, Any]) -> int:
@@ -279,14 +284,17 @@ def main() -> None:
     except BaseException as exc:
         tb = traceback.format_exc()
         print(f"ktstr agent: {exc!r}\n{tb}", file=sys.stderr, flush=True)
+        error = f"{type(exc).__name__}: {exc}"[:4000]
         if port is not None:
             with contextlib.suppress(OSError):
-                port.send(port.enc.message(Crash(error=repr(exc), traceback=tb)))
-        code = 1 if not isinstance(exc, SystemExit) else int(exc.code or 0)
+                port.send(port.enc.message(Crash(error=error, traceback=tb[-60000:])))
+        code = 1
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 1
     finally:
         if port is not None:
             try:
-                port.send(port.enc.message(Exit(code=code)))
+                port.send(port.enc.message(Exit(code=shell_status(code))))
                 time.sleep(0.05)  # let virtio-serial drain before power-off
             except OSError:
                 pass

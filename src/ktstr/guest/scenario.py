@@ -2,16 +2,18 @@
 
 Every resource has one owner in an ExitStack (scheduler, cgroup tree,
 worker pool), so an exception anywhere still stops workers, removes cgroups
-and stops the scheduler.
+and stops the scheduler. Which workers an op starts, stops or moves comes
+from ``spec/ledger.py``, the same bookkeeping the host uses to know which
+reports a run owes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ktstr.guest.cgroups import CgroupTree
@@ -20,28 +22,20 @@ from ktstr.guest.workers import WorkerPool, specs_for
 from ktstr.protocol.messages import (
     Lifecycle,
     MessageKind,
+    RunSummary,
     ScenarioEnd,
     ScenarioStart,
     SchedExit,
     Stimulus,
     TestResult,
+    WorkerReport,
     WorkerReports,
 )
-from ktstr.spec.scenario import OpKind, Plan, PlanCgroup, PlanOp
-from ktstr.spec.serde import from_data
+from ktstr.spec.ledger import Effect, Ledger
+from ktstr.spec.scenario import OpKind, Plan, PlanOp, PlanStep
+from ktstr.spec.serde import from_data, to_data
 
 Send = Callable[[bytes], None]
-
-
-@dataclass
-class RunState:
-    """Live view of the scenario: cgroups, cpusets ever assigned, reports."""
-
-    cgroups: dict[str, PlanCgroup] = field(default_factory=dict)
-    spawned: dict[str, int] = field(default_factory=dict)
-    #: Union of the cpusets a cgroup was ever given; None = unrestricted.
-    cpus_union: dict[str, set[int] | None] = field(default_factory=dict)
-    reports: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Executor:
@@ -49,7 +43,8 @@ class Executor:
         self.plan = Plan(scenario="", topology="", duration_s=0.0, steps=())
         self.port = port
         self.all_cpus = all_cpus
-        self.state = RunState()
+        self.ledger = Ledger(all_cpus)
+        self.reports: list[WorkerReport] = []
         self.tree = CgroupTree()
         self.pool = WorkerPool()
         self.sched: Scheduler | None = None
@@ -102,117 +97,128 @@ class Executor:
     def stimulus(self, op: str, **detail: Any) -> None:
         self.send(Stimulus(t_ms=(time.monotonic() - self.t0) * 1000, op=op, detail=detail))
 
-    def _set_cpus(self, path: str, cpus: tuple[int, ...] | None) -> None:
-        self.tree.set_cpus(path, cpus)
-        union = self.state.cpus_union.get(path, set())
-        self.state.cpus_union[path] = None if cpus is None or union is None else union | set(cpus)
-
-    def _spawn(self, pc: PlanCgroup, count: int) -> None:
-        first = self.state.spawned.get(pc.path, 0)
-        procs = str(self.tree.procs_dir(pc.path))
-        self.pool.spawn(
-            specs_for(pc, procs, count=count, first_index=first, all_cpus=self.all_cpus)
-        )
-        self.state.spawned[pc.path] = first + count
+    def _spawn(self, effect: Effect) -> None:
+        for sp in effect.spawn:
+            procs = str(self.tree.procs_dir(sp.spec.path))
+            self.pool.spawn(
+                specs_for(
+                    sp.spec, procs, count=sp.count, first_index=sp.first, all_cpus=self.all_cpus
+                )
+            )
 
     def apply(self, op: PlanOp) -> None:
-        st, k = self.state, op.kind
+        """Carry out one op; the ledger (shared with the host) says which
+        workers it starts, stops or moves."""
+        k = op.kind
+        effect = self.ledger.apply(op, time.monotonic() - self.t0)
         if k is OpKind.ADD_CGROUP:
             paths = [pc.path for pc in op.cgroups]
             for pc in op.cgroups:
                 kids = any(p.startswith(pc.path + "/") for p in paths)
-                self.tree.create(pc.path, None, has_children=kids)
-                self._set_cpus(pc.path, pc.cpus)
-                st.cgroups[pc.path] = pc
-                if pc.workers:
-                    self._spawn(pc, pc.workers)
+                self.tree.create(pc.path, pc.cpus, has_children=kids)
+            self._spawn(effect)
             self.stimulus(k.value, cgroups=paths, workers=sum(pc.workers for pc in op.cgroups))
         elif k in (OpKind.REMOVE_CGROUP, OpKind.STOP):
-            st.reports += self.pool.stop(op.path)
+            self.reports += self.pool.stop(list(effect.stop))
             if k is OpKind.REMOVE_CGROUP:
                 self.tree.remove(op.path)
-                for p in [p for p in st.cgroups if p == op.path or p.startswith(op.path + "/")]:
-                    del st.cgroups[p]
-            self.stimulus(k.value, cgroup=op.path)
-        elif k is OpKind.SET_CPUSET or k is OpKind.CLEAR_CPUSET:
-            self._set_cpus(op.path, op.cpus)
+            self.stimulus(k.value, cgroup=op.path, stopped=len(effect.stop))
+        elif k in (OpKind.SET_CPUSET, OpKind.CLEAR_CPUSET):
+            self.tree.set_cpus(op.path, op.cpus)
             self.stimulus(k.value, cgroup=op.path, cpus=list(op.cpus or ()))
         elif k is OpKind.SWAP_CPUSETS:
-            a, b = st.cgroups[op.path], st.cgroups[op.other]
-            st.cgroups[op.path] = replace(a, cpus=b.cpus)
-            st.cgroups[op.other] = replace(b, cpus=a.cpus)
-            self._set_cpus(op.path, b.cpus)
-            self._set_cpus(op.other, a.cpus)
+            self.tree.set_cpus(op.path, self.ledger.live[op.path].cpus)
+            self.tree.set_cpus(op.other, self.ledger.live[op.other].cpus)
             self.stimulus(k.value, a=op.path, b=op.other)
         elif k is OpKind.SPAWN:
-            self._spawn(st.cgroups[op.path], op.count)
+            self._spawn(effect)
             self.stimulus(k.value, cgroup=op.path, count=op.count)
         elif k is OpKind.SET_AFFINITY:
-            self.pool.set_affinity(op.path, op.affinities, self.all_cpus)
+            ids = [w.id for w in self.ledger.running(op.path)]
+            self.pool.set_affinity(ids, op.affinities, self.all_cpus)
             self.stimulus(k.value, cgroup=op.path)
         elif k is OpKind.MOVE_ALL:
             moved = self.tree.move_all(op.path, op.other)
             self.stimulus(k.value, src=op.path, dst=op.other, moved=moved)
 
-    # -- the run ------------------------------------------------------------------
-    def hold(self, seconds: float, loop_ops: tuple[PlanOp, ...], interval: float) -> None:
-        end = time.monotonic() + seconds
-        next_loop = time.monotonic() + interval if interval else float("inf")
-        while (now := time.monotonic()) < end and not self.scheduler_dead():
-            if now >= next_loop:
-                for op in loop_ops:
-                    self.apply(op)
-                next_loop += interval
-            time.sleep(min(0.05, max(0.0, end - now)))
+    def _apply_all(self, ops: tuple[PlanOp, ...]) -> None:
+        for op in ops:
+            self.apply(op)
+        self.pool.release()  # workers an op spawned start now, together
 
-    def run(self, plan: Plan) -> dict[str, Any]:
-        """Run one plan: fresh cgroups, workers and state; the scheduler stays."""
-        self.plan, self.state = plan, RunState()
+    # -- the run ------------------------------------------------------------------
+    def hold(self, step: PlanStep) -> None:
+        """Hold for the step; a loop hold re-applies its ops exactly
+        ``loop_count`` times (late ones still run: the host counts them)."""
+        start = time.monotonic()
+        end, applied = start + step.hold_s, 0
+        while not self.scheduler_dead():
+            now = time.monotonic()
+            if step.loop_count:
+                due = min(step.loop_count, int((now - start) / step.loop_interval_s))
+                while applied < due:
+                    self._apply_all(step.ops)
+                    applied += 1
+            if now >= end:
+                break
+            time.sleep(min(0.05, max(0.0, end - now)))
+        while applied < step.loop_count and not self.scheduler_dead():
+            self._apply_all(step.ops)
+            applied += 1
+
+    def run(self, plan: Plan) -> RunSummary:
+        """Run one plan: fresh cgroups, workers and ledger; the scheduler stays."""
+        self.plan, self.reports = plan, []
+        self.ledger = Ledger(self.all_cpus)
         self.tree, self.pool = CgroupTree(), WorkerPool()
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.tree)
             stack.callback(self.pool.close)
             self.t0 = time.monotonic()
-            total = sum(step.hold_s for step in self.plan.steps)
-            self.send(ScenarioStart(name=self.plan.scenario, duration_s=total))
-            for step in self.plan.steps:
-                for op in step.ops:
-                    self.apply(op)
-                self.pool.release()
-                self.hold(
-                    step.hold_s, step.ops if step.loop_interval_s else (), step.loop_interval_s
-                )
+            self.send(ScenarioStart(name=plan.scenario, plan=to_data(plan)))
+            for step in plan.steps:
+                self._apply_all(step.ops)
+                self.hold(step)
                 if self.scheduler_dead():
                     break
             elapsed = time.monotonic() - self.t0
-            self.send(ScenarioEnd(name=self.plan.scenario, grace_s=30.0))
-            self.state.reports += self.pool.stop()
+            self.send(ScenarioEnd(name=plan.scenario))
+            self.reports += self.pool.stop()
             self._send_reports()
             self.pool.close()
             self.tree.close()
-        return {
-            "elapsed_s": elapsed,
-            "workers": len(self.state.reports),
-            "leftover_cgroups": self.tree.leftovers(),
-            "leftover_workers": len(self.pool.running()),
-            "scheduler_died": self.scheduler_dead(),
-        }
+        return RunSummary(
+            runs=1,
+            elapsed_s=elapsed,
+            leftover_cgroups=self.tree.leftovers(),
+            leftover_workers=len(self.pool.running()),
+            scheduler_died=self.scheduler_dead(),
+        )
 
     def _send_reports(self) -> None:
-        by_cg: dict[str, list[dict[str, Any]]] = {}
-        for r in self.state.reports:
-            by_cg.setdefault(str(r.get("cgroup")), []).append(r)
+        """One frame per cgroup, split so no frame nears the size bound."""
+        by_cg: dict[str, list[WorkerReport]] = {}
+        for r in self.reports:
+            by_cg.setdefault(r.cgroup, []).append(r)
         for cg, reports in sorted(by_cg.items()):
-            union = self.state.cpus_union.get(cg)
-            self.send(
-                WorkerReports(
-                    cgroup=cg, reports=reports, cpus=None if union is None else sorted(union)
-                )
-            )
+            batch: list[WorkerReport] = []
+            size = 0
+            for r in reports:
+                n = 200 + 12 * len(r.wake_lat_us) + 6 * len(r.cpus)
+                if batch and size + n > REPORT_FRAME_BYTES:
+                    self.send(WorkerReports(cgroup=cg, reports=batch))
+                    batch, size = [], 0
+                batch.append(r)
+                size += n
+            self.send(WorkerReports(cgroup=cg, reports=batch))
+
+
+#: Target size of one WorkerReports frame (the decoder's bound is 1 MiB).
+REPORT_FRAME_BYTES = 256 << 10
 
 
 def session(
-    port: Any, job: dict[str, Any], name: str, body: Callable[[Executor], dict[str, Any]]
+    port: Any, job: dict[str, Any], name: str, body: Callable[[Executor], RunSummary]
 ) -> int:
     """Start the job's scheduler (if any), run ``body``, stop the scheduler,
     send the TestResult. Returns the agent's exit code."""
@@ -241,8 +247,8 @@ def session(
             ex.send(Lifecycle(phase="scheduler_stopped", detail={"state": scx_state()}))
         elif ex.sched is not None:
             ex.sched.stop()
-    ok = not summary["leftover_cgroups"] and not summary["leftover_workers"]
-    ex.send(TestResult(name=name, passed=ok, data=summary))
+    ok = not summary.leftover_cgroups and not summary.leftover_workers
+    ex.send(TestResult(name=name, passed=ok, data=dataclasses.asdict(summary)))
     return 0
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ktstr.protocol.messages import MAX_LAT_SAMPLES
 from ktstr.spec.work import Work, WorkKind
 
 Step = Callable[[], None]
@@ -158,8 +159,6 @@ def _native_pingpong(ctx: Ctx, kind: int) -> Step:
     page = ctx.shared.page if ctx.shared.page is not None else bytearray(16)
 
     def step() -> None:
-        from ktstr.guest.workers import MAX_LAT_SAMPLES
-
         ctx.tel.absorb(_native.pingpong(kind, ctx.role, rd, wr, page, MAX_LAT_SAMPLES))
         raise Stop
 

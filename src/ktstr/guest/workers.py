@@ -4,26 +4,34 @@ Workers are processes (cgroups are per process). Each moves itself into its
 cgroup, applies policy, nice and affinity, waits on a shared start barrier
 (a pipe) so a step's workers start together, runs its work kind until
 SIGUSR1, and writes a JSON report to a file the agent collects.
+
+Time is measured from the barrier's release, which the agent stamps in
+shared memory before it opens the barrier: a worker that gets a CPU late
+still reports the whole planned run, and the wait counts as a gap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
+import mmap
 import os
 import random
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ktstr.guest.work_types import NATIVE, Ctx, Shared, Stop, make_shared, make_step
+from ktstr.protocol.messages import MAX_LAT_SAMPLES, WorkerReport
+from ktstr.spec.ledger import WorkerId
 from ktstr.spec.scenario import PlanCgroup
 from ktstr.spec.work import PolicyKind, SchedPolicy, Work, describe_work
 
-MAX_LAT_SAMPLES = 20000
 _libc = ctypes.CDLL(None, use_errno=True)
 _POLICIES = {
     PolicyKind.NORMAL: os.SCHED_OTHER, PolicyKind.BATCH: os.SCHED_BATCH,
@@ -59,8 +67,8 @@ class Telemetry:
         "units",
     )
 
-    def __init__(self) -> None:
-        self.t0 = self.last = time.monotonic_ns()
+    def __init__(self, t0_ns: int = 0) -> None:
+        self.t0 = self.last = t0_ns or time.monotonic_ns()
         self.iterations = self.units = self.migrations = 0
         self.max_gap = self.max_gap_at = 0
         self.last_cpu = self.max_gap_cpu = _libc.sched_getcpu()
@@ -144,59 +152,101 @@ def _setup(spec: WorkerSpec) -> None:
 
 
 def _report(
-    spec: WorkerSpec, tel: Telemetry, wall0: float, cpu0: float, ss0: tuple[int, int, int]
-) -> dict[str, Any]:
+    spec: WorkerSpec, tel: Telemetry, cpu0: float, ss0: tuple[int, int, int]
+) -> WorkerReport:
     ss1 = schedstat()
     times = os.times()
-    wall = time.monotonic() - wall0
-    return {
-        "cgroup": spec.cgroup, "index": spec.index, "pid": os.getpid(),
-        "work": describe_work(spec.work), "policy": spec.policy.kind.value, "nice": spec.nice,
-        "affinity": list(spec.affinity) if spec.affinity is not None else None,
-        "iterations": tel.iterations, "work_units": tel.units,
-        "wall_s": wall, "cpu_s": times.user + times.system - cpu0,
-        "max_gap_ms": tel.max_gap / 1e6, "max_gap_at_ms": tel.max_gap_at / 1e6,
-        "max_gap_cpu": tel.max_gap_cpu, "cpus": sorted(tel.cpus), "migrations": tel.migrations,
-        "wake_lat_us": [round(x / 1e3, 2) for x in tel.lat], "wake_samples": tel.lat_seen,
-        "on_cpu_ms": (ss1[0] - ss0[0]) / 1e6, "run_delay_ms": (ss1[1] - ss0[1]) / 1e6,
-        "timeslices": ss1[2] - ss0[2], "native": NATIVE and spec.work.paired,
-    }  # fmt: skip
+    desc = describe_work(spec.work)
+    return WorkerReport(
+        cgroup=spec.cgroup, index=spec.index, pid=os.getpid(),
+        work=",".join(f"{k}={v}" for k, v in desc.items() if k != "kind") or desc["kind"],
+        iterations=tel.iterations, work_units=tel.units,
+        wall_s=(time.monotonic_ns() - tel.t0) / 1e9, cpu_s=times.user + times.system - cpu0,
+        max_gap_ms=tel.max_gap / 1e6, max_gap_at_ms=tel.max_gap_at / 1e6,
+        max_gap_cpu=tel.max_gap_cpu, cpus=sorted(tel.cpus), migrations=tel.migrations,
+        wake_lat_us=[round(x / 1e3, 2) for x in tel.lat], wake_samples=tel.lat_seen,
+        on_cpu_ms=(ss1[0] - ss0[0]) / 1e6, run_delay_ms=(ss1[1] - ss0[1]) / 1e6,
+        timeslices=ss1[2] - ss0[2], native=NATIVE and spec.work.paired,
+    )  # fmt: skip
 
 
-def _child(spec: WorkerSpec, barrier_r: int, report_path: str) -> None:
+def error_report(cgroup: str, index: int, pid: int, error: str) -> WorkerReport:
+    return WorkerReport(cgroup=cgroup, index=index, pid=pid, error=error[:4000])
+
+
+def _close_others(spec: WorkerSpec, fds: tuple[int, ...]) -> None:
+    """Close the pipe ends of other pairs (and the unused ends of this pair):
+    a peer's exit must reach a blocked reader as EOF."""
+    keep: set[int] = set()
+    if spec.shared.pipes is not None:
+        (ab_r, ab_w), (ba_r, ba_w) = spec.shared.pipes
+        keep = {ba_r, ab_w} if spec.role == 0 else {ab_r, ba_w}
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _child(spec: WorkerSpec, barrier: Barrier, report_path: str, fds: tuple[int, ...]) -> None:
     """Runs in the forked worker; never returns."""
     code = 0
-    report: dict[str, Any] = {"cgroup": spec.cgroup, "index": spec.index, "pid": os.getpid()}
-    tel: Telemetry | None = None
-    wall0, cpu0, ss0 = 0.0, 0.0, (0, 0, 0)
+    report = error_report(spec.cgroup, spec.index, os.getpid(), "stopped before it started")
     try:
         signal.signal(signal.SIGUSR1, _on_stop)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _close_others(spec, fds)
         _setup(spec)
+        tel: Telemetry | None = None
+        cpu0, ss0 = 0.0, (0, 0, 0)
         try:
-            os.read(barrier_r, 1)
-            wall0, ss0 = time.monotonic(), schedstat()
+            t0 = barrier.wait()
+            ss0 = schedstat()
             t = os.times()
             cpu0 = t.user + t.system
-            tel = Telemetry()
+            tel = Telemetry(t0)
             step = make_step(Ctx(spec.work, tel, spec.index, spec.role, spec.shared, spec.allowed))
             while not _stop_requested[0]:
                 step()
         except Stop:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         if tel is not None:
-            report = _report(spec, tel, wall0, cpu0, ss0)
+            report = _report(spec, tel, cpu0, ss0)
     except BaseException as exc:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        report["error"] = f"{type(exc).__name__}: {exc}"
+        report = error_report(spec.cgroup, spec.index, os.getpid(), f"{type(exc).__name__}: {exc}")
         code = 1
     finally:
         try:
             with open(report_path, "w") as f:
-                json.dump(report, f)
+                json.dump(dataclasses.asdict(report), f)
         finally:
             os._exit(code)
+
+
+class Barrier:
+    """Start gate for one step's workers: a pipe they block on, and a
+    shared page where the releaser stamps the start time first."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.stamp = mmap.mmap(-1, 8, mmap.MAP_SHARED)
+        self.pending = 0
+
+    def wait(self) -> int:
+        """In a worker: block until released; the release time (ns)."""
+        os.close(self.w)  # so the gate's only writer is the agent
+        os.read(self.r, 1)
+        os.close(self.r)
+        (t0,) = struct.unpack("<q", self.stamp[:8])
+        return int(t0) or time.monotonic_ns()
+
+    def release(self) -> None:
+        self.stamp[:8] = struct.pack("<q", time.monotonic_ns())
+        os.write(self.w, b"g" * self.pending)
+        os.close(self.w)
+        os.close(self.r)
+        self.stamp.close()
 
 
 def _close_parent_copies(specs: list[WorkerSpec]) -> None:
@@ -219,7 +269,11 @@ class Worker:
     pid: int
     spec: WorkerSpec
     report_path: str
-    report: dict[str, Any] | None = None
+    report: WorkerReport | None = None
+
+    @property
+    def id(self) -> WorkerId:
+        return (self.spec.cgroup, self.spec.index)
 
 
 class WorkerPool:
@@ -228,53 +282,43 @@ class WorkerPool:
     def __init__(self, report_dir: str = "/tmp/ktstr-reports") -> None:
         self.report_dir = report_dir
         os.makedirs(report_dir, exist_ok=True)
-        self.workers: list[Worker] = []
-        self._barrier: tuple[int, int] | None = None
-        self._pending = 0
+        self.workers: dict[WorkerId, Worker] = {}
+        self._barrier: Barrier | None = None
+        self.stuck = ""  # what the last worker that would not stop was doing
 
     def spawn(self, specs: list[WorkerSpec]) -> list[Worker]:
         """Fork workers; they wait until ``release()``."""
         if self._barrier is None:
-            self._barrier = os.pipe()
+            self._barrier = Barrier()
+        fds = tuple(fd for spec in specs for pair in spec.shared.pipes or () for fd in pair)
         out = []
         for spec in specs:
             path = os.path.join(
-                self.report_dir,
-                f"{spec.cgroup.replace('/', '.')}-{spec.index}-{len(self.workers)}.json",
+                self.report_dir, f"{spec.cgroup.replace('/', '.')}-{spec.index}.json"
             )
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
-                _child(spec, self._barrier[0], path)
+                _child(spec, self._barrier, path, fds)
             w = Worker(pid, spec, path)
-            self.workers.append(w)
+            self.workers[w.id] = w
             out.append(w)
-            self._pending += 1
+            self._barrier.pending += 1
         _close_parent_copies(specs)
         return out
 
     def release(self) -> None:
         """Start every worker spawned since the last release, together."""
-        if self._barrier is None:
-            return
-        r, w = self._barrier
-        os.write(w, b"g" * self._pending)
-        os.close(w)
-        os.close(r)
-        self._barrier, self._pending = None, 0
+        if self._barrier is not None:
+            self._barrier.release()
+            self._barrier = None
 
-    def running(self, cgroup: str | None = None) -> list[Worker]:
-        return [
-            w
-            for w in self.workers
-            if w.report is None
-            and (
-                cgroup is None or w.spec.cgroup == cgroup or w.spec.cgroup.startswith(cgroup + "/")
-            )
-        ]
+    def running(self, ids: list[WorkerId] | None = None) -> list[Worker]:
+        chosen = self.workers.values() if ids is None else (self.workers[i] for i in ids)
+        return [w for w in chosen if w.report is None]
 
-    def stop(self, cgroup: str | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Stop workers (of one cgroup subtree, or all), collect reports."""
-        targets = self.running(cgroup)
+    def stop(self, ids: list[WorkerId] | None = None, timeout: float = 10.0) -> list[WorkerReport]:
+        """Stop these workers (or all), collect their reports."""
+        targets = self.running(ids)
         self.release()  # never leave a worker waiting on the barrier
         for w in targets:
             with contextlib.suppress(ProcessLookupError):
@@ -290,6 +334,7 @@ class WorkerPool:
             if pid:
                 break
             if time.monotonic() > deadline:
+                self.stuck = describe_task(w.pid)
                 os.kill(w.pid, signal.SIGKILL)
                 os.waitpid(w.pid, 0)
                 status = -9
@@ -297,20 +342,21 @@ class WorkerPool:
             time.sleep(0.005)
         try:
             with open(w.report_path) as f:
-                w.report = json.load(f)
+                w.report = WorkerReport(**json.load(f))
             os.unlink(w.report_path)
-        except (OSError, ValueError):
-            w.report = {
-                "cgroup": w.spec.cgroup,
-                "index": w.spec.index,
-                "pid": w.pid,
-                "error": f"no report (exit status {status})",
-            }
+        except (OSError, ValueError, TypeError):
+            why = f"no report (exit status {status})"
+            if status == -9:
+                why += f"; did not stop in time: {self.stuck}"
+            w.report = error_report(w.spec.cgroup, w.spec.index, w.pid, why)
 
     def set_affinity(
-        self, cgroup: str, affinities: tuple[tuple[int, ...] | None, ...], all_cpus: tuple[int, ...]
+        self,
+        ids: list[WorkerId],
+        affinities: tuple[tuple[int, ...] | None, ...],
+        all_cpus: tuple[int, ...],
     ) -> None:
-        for i, w in enumerate(self.running(cgroup)):
+        for i, w in enumerate(self.running(ids)):
             cpus = affinities[i % len(affinities)] if affinities else None
             with contextlib.suppress(ProcessLookupError):
                 os.sched_setaffinity(w.pid, cpus if cpus is not None else all_cpus)
@@ -322,7 +368,23 @@ class WorkerPool:
                 os.kill(w.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(w.pid, 0)
-            w.report = w.report or {"cgroup": w.spec.cgroup, "error": "killed at teardown"}
+            w.report = w.report or error_report(
+                w.spec.cgroup, w.spec.index, w.pid, "killed at teardown"
+            )
+
+
+def describe_task(pid: int) -> str:
+    """State, wait channel and kernel stack of a task that will not stop."""
+    parts = []
+    for name in ("status", "wchan", "stack"):
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text(errors="replace")
+        except OSError:
+            continue
+        if name == "status":
+            text = next((ln for ln in text.splitlines() if ln.startswith("State:")), "")
+        parts.append(f"{name}: " + " | ".join(text.strip().splitlines()[:12]))
+    return f"pid {pid} " + "; ".join(parts)
 
 
 def specs_for(

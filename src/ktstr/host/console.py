@@ -1,4 +1,4 @@
-"""Drain the guest serial console into a file; keep a tail and spot panics."""
+"""Drain the guest serial console into a capped file; keep a tail and spot panics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 import threading
 from pathlib import Path
 from typing import IO
+
+from ktstr.host.capped import LOG_CAP, CappedFile
 
 #: Console lines that mean the guest kernel is going down.
 PANIC_RE = re.compile(
@@ -17,9 +19,12 @@ PANIC_RE = re.compile(
 class Console:
     """Owns a reader thread over QEMU's stdout (the guest's ttyS0)."""
 
-    def __init__(self, stream: IO[bytes], path: Path, *, tail_lines: int = 200) -> None:
+    def __init__(
+        self, stream: IO[bytes], path: Path, *, tail_lines: int = 200, cap: int = LOG_CAP
+    ) -> None:
         self._stream = stream
         self.path = path
+        self.log = CappedFile(path, cap)
         self._tail: collections.deque[bytes] = collections.deque(maxlen=tail_lines)
         self._partial = b""
         self._lock = threading.Lock()
@@ -33,13 +38,14 @@ class Console:
 
     def _run(self) -> None:
         try:
-            with self.path.open("ab") as out:
-                while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
-                    out.write(chunk)
-                    out.flush()
-                    self._absorb(chunk)
+            while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
+                self.log.write(chunk)
+                self.log.flush()
+                self._absorb(chunk)
         except (OSError, ValueError) as exc:  # ValueError: stream closed under us
             self.error = exc
+        finally:
+            self.log.close()
 
     def _absorb(self, chunk: bytes) -> None:
         with self._lock:

@@ -1,32 +1,33 @@
 """Coordinator: the host's reaction to the guest's frame stream. Pure.
 
-``Coordinator.handle(frame, now)`` and ``Coordinator.tick(now)`` never do
-I/O and never read a clock: they update ``RunState`` and return actions for
-the caller (``runner.py``) to perform. The guest may be buggy or hostile, so
-every control decision requires a CRC-valid, well-formed frame.
+``Coordinator.handle(item, now)`` and ``Coordinator.tick(now)`` never do I/O
+and never read a clock: they update ``RunState`` and return actions for the
+caller (``runner``) to perform. ``item`` is what ``protocol.evidence``
+decoded: only CRC-valid, well-formed frames reach here.
+
+The watchdog belongs to the host. Durations and graces come from its plan
+(``Watch``), never from a payload: every ScenarioStart sets the deadline to
+now + the host's scenario duration + grace, ScenarioEnd to now + the
+teardown grace, a pause holds it and the matching resume extends it by the
+paused time. ``Watch.hard_cap`` is absolute from launch and nothing extends
+it. A SchedExit ends the run at once.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
+import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ktstr.protocol.frames import Frame
 from ktstr.protocol.messages import (
-    HOST_TO_GUEST,
-    TEXT_KINDS,
     Exit,
     Lifecycle,
     MessageKind,
-    PayloadError,
-    ScenarioEnd,
-    ScenarioStart,
     SchedExit,
     SnapshotRequest,
 )
-
-log = logging.getLogger(__name__)
 
 
 class Phase(enum.Enum):
@@ -41,7 +42,7 @@ class TimeoutKind(enum.Enum):
     BOOT_TIMEOUT = "boot_timeout"  # never said SysReady
     GUEST_HANG = "guest_hang"  # ready, but stopped making progress
     SCHEDULER_STALL = "scheduler_stall"  # workload overran under a loaded scheduler
-    KILL_GRACE = "kill_grace"  # the scheduler died; the guest's time to report is up
+    RUN_LIMIT = "run_limit"  # the absolute cap on the whole run
 
 
 # -- actions ------------------------------------------------------------------
@@ -69,6 +70,14 @@ class Capture:
 
 
 @dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer a snapshot request without capturing (``status`` is an errno)."""
+
+    request: SnapshotRequest
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     kind: TimeoutKind
     message: str
@@ -79,17 +88,32 @@ class Exited:
     code: int
 
 
-Action = Ready | Kill | Capture | Expired | Exited
+Action = Ready | Kill | Capture | Refuse | Expired | Exited
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A verdict-bearing frame kept for consumers, with its CRC flag."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watch:
+    """The host's timing plan for one VM, in seconds."""
 
-    kind: MessageKind
-    payload: bytes
-    crc_ok: bool
-    at: float
+    boot_timeout: float = 120.0
+    #: SysReady -> first ScenarioStart, or -> Exit for jobs without scenarios.
+    ready_timeout: float = 300.0
+    #: The host's planned length of one scenario (run: the plan's; test: the
+    #: test's declared duration).
+    scenario_s: float = 0.0
+    #: Slack after a scenario's planned length before it counts as a stall.
+    workload_grace: float = 30.0
+    #: ScenarioEnd -> the next ScenarioStart or Exit (stop workers, reports).
+    teardown_grace: float = 60.0
+    #: Launch -> end of run, absolute; no frame extends it.
+    hard_cap: float = float("inf")
+    #: Longest a guest may stay paused before that is a hang.
+    max_pause: float = 300.0
+
+
+#: Snapshot requests the guest may make per run, and their spacing.
+MAX_SNAPSHOT_REQUESTS = 64
+MIN_SNAPSHOT_SPACING = 0.1
 
 
 @dataclass(slots=True)
@@ -98,7 +122,7 @@ class RunState:
     deadline: float = 0.0
     ready_at: float | None = None
     workload_start: float | None = None
-    workload_duration: float = 0.0
+    scenarios: int = 0
     paused_at: float | None = None
     paused_total: float = 0.0
     killed: bool = False
@@ -106,163 +130,102 @@ class RunState:
     scheduler_loaded: bool = False
     exit_code: int | None = None
     snapshots: list[SnapshotRequest] = field(default_factory=list)
-    entries: list[Entry] = field(default_factory=list)
-    unknown_kinds: set[int] = field(default_factory=set)
-    dropped: int = 0
+    refused: int = 0
+    last_snapshot: float | None = None
     periodic_fired: int = 0
     expired: Expired | None = None
 
 
 @dataclass(slots=True)
 class Coordinator:
-    """Watchdog timings are in seconds of the injected clock."""
-
     started: float
-    boot_timeout: float = 120.0
-    #: How long a ready guest may take before starting its workload or exiting.
-    idle_timeout: float = 120.0
-    #: Slack after the declared workload duration before it counts as a stall.
-    workload_grace: float = 30.0
-    #: Longest a guest may stay paused before that is a hang.
-    max_pause: float = 300.0
-    #: After the scheduler dies, how long the guest may still send its dump
-    #: and results before the host ends the run.
-    kill_grace: float = 10.0
+    watch: Watch = field(default_factory=Watch)
     num_snapshots: int = 0
     state: RunState = field(default_factory=RunState)
 
     def __post_init__(self) -> None:
-        self.state.deadline = self.started + self.boot_timeout
+        self.state.deadline = self.started + self.watch.boot_timeout
 
     # -- frames ---------------------------------------------------------------
-    def handle(self, frame: Frame, now: float) -> list[Action]:
-        st = self.state
-        if frame.kind & HOST_TO_GUEST:
-            st.dropped += 1  # a guest must not speak host->guest kinds
+    def handle(self, item: tuple[MessageKind, Any] | None, now: float) -> list[Action]:
+        """React to one decoded frame (None: nothing usable arrived)."""
+        if item is None or self.state.phase is Phase.EXITED:
             return []
-        try:
-            kind = MessageKind(frame.kind)
-        except ValueError:
-            if frame.kind not in st.unknown_kinds:
-                st.unknown_kinds.add(frame.kind)
-                log.warning("dropping frames of unknown kind %d", frame.kind)
-            st.dropped += 1
-            return []
+        kind, msg = item
         handler = _HANDLERS.get(kind)
-        if handler is not None:
-            return handler(self, frame, now)
-        st.entries.append(Entry(kind, frame.payload, frame.crc_ok, now))
-        return []
+        return handler(self, msg, now) if handler is not None else []
 
-    def _sys_ready(self, frame: Frame, now: float) -> list[Action]:
+    def _sys_ready(self, msg: None, now: float) -> list[Action]:
         st = self.state
-        if not frame.crc_ok or frame.payload or st.ready_at is not None:
-            st.dropped += 1
+        if st.ready_at is not None:
             return []
         st.ready_at = now
         st.phase = Phase.READY
-        st.deadline = now + self.idle_timeout
+        st.deadline = now + self.watch.ready_timeout
         return [Ready()]
 
-    def _sched_exit(self, frame: Frame, now: float) -> list[Action]:
+    def _sched_exit(self, msg: SchedExit, now: float) -> list[Action]:
         st = self.state
-        if not frame.crc_ok:
-            st.dropped += 1  # a torn SchedExit neither ends the run nor is evidence
-            return []
-        try:
-            msg = SchedExit.from_bytes(frame.payload)
-        except PayloadError:
-            st.dropped += 1
-            return []
-        st.entries.append(Entry(MessageKind.SCHED_EXIT, frame.payload, True, now))
         if st.killed:
             return []
         st.killed = True
         st.sched_exit = msg
-        st.deadline = min(st.deadline, now + self.kill_grace)
         return [Kill(msg)]
 
-    def _snapshot_request(self, frame: Frame, now: float) -> list[Action]:
-        if not frame.crc_ok:
-            self.state.dropped += 1
-            return []
-        try:
-            req = SnapshotRequest.from_bytes(frame.payload)
-        except PayloadError:
-            self.state.dropped += 1
-            return []
-        self.state.snapshots.append(req)
-        return [Capture(request=req)]
-
-    def _scenario_start(self, frame: Frame, now: float) -> list[Action]:
+    def _snapshot_request(self, msg: SnapshotRequest, now: float) -> list[Action]:
         st = self.state
-        st.entries.append(Entry(MessageKind.SCENARIO_START, frame.payload, frame.crc_ok, now))
-        if not frame.crc_ok or st.workload_start is not None:
-            return []
-        try:
-            msg = ScenarioStart.from_bytes(frame.payload)
-        except PayloadError:
-            return []
-        st.workload_start = now
-        st.workload_duration = max(0.0, float(msg.duration_s))
+        if len(st.snapshots) >= MAX_SNAPSHOT_REQUESTS:
+            st.refused += 1
+            return [Refuse(msg, errno.ENOSPC)]
+        if st.last_snapshot is not None and now - st.last_snapshot < MIN_SNAPSHOT_SPACING:
+            st.refused += 1
+            return [Refuse(msg, errno.EBUSY)]
+        st.last_snapshot = now
+        st.snapshots.append(msg)
+        return [Capture(request=msg)]
+
+    def _scenario_start(self, msg: object, now: float) -> list[Action]:
+        st = self.state
+        if st.workload_start is None:
+            st.workload_start = now
+        st.scenarios += 1
         st.phase = Phase.WORKLOAD
-        st.deadline = now + st.workload_duration + self.workload_grace
+        st.paused_at = None
+        st.deadline = now + self.watch.scenario_s + self.watch.workload_grace
         return []
 
-    def _scenario_end(self, frame: Frame, now: float) -> list[Action]:
+    def _scenario_end(self, msg: object, now: float) -> list[Action]:
         st = self.state
-        st.entries.append(Entry(MessageKind.SCENARIO_END, frame.payload, frame.crc_ok, now))
-        if not frame.crc_ok:
-            return []
-        try:
-            grace = float(ScenarioEnd.from_bytes(frame.payload).grace_s)
-        except (PayloadError, TypeError, ValueError):
-            return []
         st.phase = Phase.ENDED
-        st.deadline = now + max(0.0, min(grace, self.idle_timeout))
+        st.paused_at = None
+        st.deadline = now + self.watch.teardown_grace
         return []
 
-    def _pause(self, frame: Frame, now: float) -> list[Action]:
-        st = self.state
-        if frame.crc_ok and st.paused_at is None:
-            st.paused_at = now
+    def _pause(self, msg: object, now: float) -> list[Action]:
+        self.state.paused_at = now  # a later pause overwrites an earlier one
         return []
 
-    def _resume(self, frame: Frame, now: float) -> list[Action]:
+    def _resume(self, msg: object, now: float) -> list[Action]:
         st = self.state
-        if frame.crc_ok and st.paused_at is not None:
-            paused = now - st.paused_at
+        if st.paused_at is not None:
+            paused = max(0.0, now - st.paused_at)
             st.paused_total += paused
             st.deadline += paused
             st.paused_at = None
         return []
 
-    def _lifecycle(self, frame: Frame, now: float) -> list[Action]:
-        st = self.state
-        st.entries.append(Entry(MessageKind.LIFECYCLE, frame.payload, frame.crc_ok, now))
-        if frame.crc_ok:
-            try:
-                phase = Lifecycle.from_bytes(frame.payload).phase
-            except PayloadError:
-                return []
-            if phase == "scheduler_attached":
-                st.scheduler_loaded = True
-            elif phase == "scheduler_stopped":
-                st.scheduler_loaded = False
+    def _lifecycle(self, msg: Lifecycle, now: float) -> list[Action]:
+        if msg.phase == "scheduler_attached":
+            self.state.scheduler_loaded = True
+        elif msg.phase == "scheduler_stopped":
+            self.state.scheduler_loaded = False
         return []
 
-    def _exit(self, frame: Frame, now: float) -> list[Action]:
+    def _exit(self, msg: Exit, now: float) -> list[Action]:
         st = self.state
-        st.entries.append(Entry(MessageKind.EXIT, frame.payload, frame.crc_ok, now))
-        if not frame.crc_ok or st.exit_code is not None:
-            return []
-        try:
-            code = int(Exit.from_bytes(frame.payload).code)
-        except (PayloadError, TypeError, ValueError):
-            return []
-        st.exit_code = code
+        st.exit_code = msg.code
         st.phase = Phase.EXITED
-        return [Exited(code)]
+        return [Exited(msg.code)]
 
     # -- clock ----------------------------------------------------------------
     def workload_time(self, now: float) -> float:
@@ -276,22 +239,27 @@ class Coordinator:
 
     def capture_points(self) -> list[float]:
         """Workload-time offsets of periodic captures: evenly spaced over
-        10 %..90 % of the workload window."""
-        n, dur = self.num_snapshots, self.state.workload_duration
+        10 %..90 % of the host's planned scenario length."""
+        n, dur = self.num_snapshots, self.watch.scenario_s
         if n <= 0 or dur <= 0:
             return []
         if n == 1:
             return [0.5 * dur]
         return [dur * (0.1 + 0.8 * i / (n - 1)) for i in range(n)]
 
+    def _limit(self) -> float:
+        st = self.state
+        hard = self.started + self.watch.hard_cap
+        if st.paused_at is not None:
+            return min(hard, st.paused_at + self.watch.max_pause)
+        return min(hard, st.deadline)
+
     def next_wakeup(self, now: float) -> float:
         """Seconds until tick() may have something to do."""
         st = self.state
         if st.phase is Phase.EXITED or st.expired is not None:
             return 1.0
-        limit = st.deadline
-        if st.paused_at is not None:
-            limit = st.paused_at + self.max_pause
+        limit = self._limit()
         points = self.capture_points()
         if (
             st.workload_start is not None
@@ -312,39 +280,38 @@ class Coordinator:
             while st.periodic_fired < len(points) and wt >= points[st.periodic_fired]:
                 out.append(Capture(periodic=st.periodic_fired))
                 st.periodic_fired += 1
-        if st.paused_at is not None and now - st.paused_at > self.max_pause:
-            st.expired = Expired(
-                TimeoutKind.GUEST_HANG, f"guest stayed paused for over {self.max_pause:.0f}s"
-            )
-        elif st.paused_at is None and now > st.deadline:
+        if now > self._limit():
             st.expired = self._classify(now)
-        if st.expired is not None:
             out.append(st.expired)
         return out
 
     def _classify(self, now: float) -> Expired:
-        st = self.state
-        if st.killed and st.sched_exit is not None:
+        st, w = self.state, self.watch
+        if now > self.started + w.hard_cap:
             return Expired(
-                TimeoutKind.KILL_GRACE,
-                f"scheduler exited ({st.sched_exit.exit_kind}: {st.sched_exit.reason}); run ended",
+                TimeoutKind.RUN_LIMIT,
+                f"run exceeded its absolute limit of {w.hard_cap:.0f}s (phase {st.phase.value})",
+            )
+        if st.paused_at is not None:
+            return Expired(
+                TimeoutKind.GUEST_HANG, f"guest stayed paused for over {w.max_pause:.0f}s"
             )
         if st.phase is Phase.BOOT:
             return Expired(
                 TimeoutKind.BOOT_TIMEOUT,
                 f"guest not ready {now - self.started:.1f}s after launch "
-                f"(boot timeout {self.boot_timeout:.0f}s)",
+                f"(boot timeout {w.boot_timeout:.0f}s)",
             )
         if st.phase is Phase.WORKLOAD and st.scheduler_loaded:
             return Expired(
                 TimeoutKind.SCHEDULER_STALL,
-                f"workload overran its {st.workload_duration:.1f}s by more than "
-                f"{self.workload_grace:.0f}s under the scheduler",
+                f"scenario {st.scenarios} overran its {w.scenario_s:g}s by more than "
+                f"{w.workload_grace:.0f}s under the scheduler",
             )
         return Expired(TimeoutKind.GUEST_HANG, f"guest made no progress in phase {st.phase.value}")
 
 
-_HANDLERS = {
+_HANDLERS: dict[MessageKind, Callable[[Coordinator, Any, float], list[Action]]] = {
     MessageKind.SYS_READY: Coordinator._sys_ready,
     MessageKind.SCHED_EXIT: Coordinator._sched_exit,
     MessageKind.SNAPSHOT_REQUEST: Coordinator._snapshot_request,
@@ -356,4 +323,17 @@ _HANDLERS = {
     MessageKind.EXIT: Coordinator._exit,
 }
 
-__all__ = ["TEXT_KINDS", "Action", "Coordinator", "Entry", "Phase", "RunState", "TimeoutKind"]
+__all__ = [
+    "Action",
+    "Capture",
+    "Coordinator",
+    "Exited",
+    "Expired",
+    "Kill",
+    "Phase",
+    "Ready",
+    "Refuse",
+    "RunState",
+    "TimeoutKind",
+    "Watch",
+]

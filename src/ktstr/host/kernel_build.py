@@ -9,6 +9,8 @@ names the ones that did not. (tinyconfig + kvm_guest builds in ~25 min on
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -16,13 +18,25 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr.errors import KconfigError, KernelError
 from ktstr.host import kconfig
-from ktstr.host.kernel import _write_meta, cache_root, fragment_hash
+from ktstr.host.kernel import (
+    _write_meta,
+    cache_lock,
+    cache_root,
+    check_kernel,
+    entry_name,
+    file_digest,
+    fragment_hash,
+    load_kernel,
+    new_entry,
+)
 
 TARBALL_RE = re.compile(r"\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2|tar\.zst)$")
 GIT_RE = re.compile(r"^(https?|git|ssh|file)://|^git@|\.git$")
@@ -49,24 +63,109 @@ def _run(argv: list[str], cwd: Path | None = None, what: str = "") -> None:
         raise KernelError(f"{what or argv[0]} failed ({' '.join(argv)}):\n{tail}")
 
 
+def _inside(root: Path, path: str) -> bool:
+    real = os.path.realpath(path)
+    return real == str(root) or real.startswith(str(root) + os.sep)
+
+
+def _check_member(m: tarfile.TarInfo, root: Path) -> None:
+    """Refuse a member that would land, or point, outside ``root`` given what
+    is already extracted (so chained symlinks are resolved for real)."""
+    target = os.path.join(root, m.name)
+    bad = ""
+    if os.path.isabs(m.name) or not _inside(root, target):
+        bad = "it lands outside"
+    elif not _inside(root, os.path.dirname(target)):
+        bad = "its directory resolves outside"
+    elif m.issym() and (
+        os.path.isabs(m.linkname)
+        or not _inside(root, os.path.join(os.path.dirname(target), m.linkname))
+    ):
+        bad = "its symlink points outside"
+    elif m.islnk() and not _inside(root, os.path.join(root, m.linkname)):
+        bad = "its hard link points outside"
+    elif m.isdev():
+        bad = "it is a device node, in"
+    if bad:
+        raise KernelError(f"refusing to extract {m.name!r}: {bad} {root}")
+
+
 def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """Extract without letting a member escape ``dest``. Python >= 3.11.4 has
-    extraction filters; Debian 12's 3.11.2 does not, so check by hand there."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, filter="tar")
-        return
-    root = dest.resolve()
-    for m in tar.getmembers():
-        target = (root / m.name).resolve()
-        linked = (
-            (target.parent / m.linkname).resolve()
-            if m.issym()
-            else ((root / m.linkname).resolve() if m.islnk() else target)
-        )
-        for p in (target, linked):
-            if p != root and root not in p.parents:
-                raise KernelError(f"refusing to extract {m.name!r}: it points outside {dest}")
-    tar.extractall(dest)  # every member was checked above
+    """Extract member by member, each checked against the tree as extracted
+    so far; on every Python (Debian 12's 3.11.2 has no extraction filters,
+    and a check of all members up front misses symlinks chained through
+    earlier members)."""
+    root = Path(os.path.realpath(dest))
+    has_filter = hasattr(tarfile, "data_filter")
+    for m in tar:
+        _check_member(m, root)
+        if has_filter:
+            tar.extract(m, root, filter="tar")
+        else:
+            tar.extract(m, root)
+
+
+def source_identity(tree: Path) -> str:
+    """What makes this tree's build different from another of the same
+    version: git HEAD plus uncommitted changes, or else every file's path,
+    size and mtime (a patched tree is a new cache entry)."""
+    h = hashlib.sha256()
+    if (tree / ".git").exists():
+        git = ["git", "-C", str(tree)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, check=False)
+        diff = subprocess.run([*git, "diff", "HEAD", "--binary"], capture_output=True, check=False)
+        if head.returncode == 0 and diff.returncode == 0:
+            h.update(head.stdout + b"\0" + diff.stdout)
+            return h.hexdigest()
+    for dirpath, dirs, files in os.walk(tree):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            st = os.lstat(os.path.join(dirpath, name))
+            rel = os.path.relpath(os.path.join(dirpath, name), tree)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def has_sched_ext(tree: Path) -> bool:
+    """sched_ext is in the tree: its Kconfig symbol (6.12's kernel/sched/ext.c
+    moved to kernel/sched/ext/ in 7.x; the symbol stayed)."""
+    for kconf in [*sorted(tree.glob("kernel/Kconfig*")), tree / "init" / "Kconfig"]:
+        try:
+            text = kconf.read_text(errors="replace")
+        except OSError:
+            continue
+        if re.search(r"^config SCHED_CLASS_EXT\b", text, re.M):
+            return True
+    return False
+
+
+def _extract(path: Path, dest: Path) -> None:
+    print(f"extracting {path} ...", file=sys.stderr, flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    try:
+        with tarfile.open(path) as tar:
+            _safe_extract(tar, tmp)
+        (tmp / ".ktstr-extracted").touch()
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    except (tarfile.TarError, OSError) as exc:
+        raise KernelError(f"cannot extract {path}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clone(source: str, ref: str | None, dest: Path) -> None:
+    """Clone into a temp dir, renamed when complete: an interrupted clone
+    is never taken for a tree."""
+    tmp = Path(tempfile.mkdtemp(prefix=".clone-", dir=dest.parent))
+    try:
+        branch = ["--branch", ref] if ref else []
+        argv = ["git", "clone", "--depth", "1", *branch, "--", source, str(tmp / "tree")]
+        _run(argv, what="git clone")
+        shutil.rmtree(dest, ignore_errors=True)
+        (tmp / "tree").rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_source(source: str, ref: str | None) -> Path:
@@ -76,40 +175,22 @@ def resolve_source(source: str, ref: str | None) -> Path:
     if path.is_dir():
         tree = path.resolve()
     elif path.is_file() and TARBALL_RE.search(path.name):
-        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()
-        dest = work_root() / "src" / digest[:12]
-        if not (dest / ".ktstr-extracted").exists():
-            shutil.rmtree(dest, ignore_errors=True)
-            dest.mkdir(parents=True)
-            print(f"extracting {path} ...", file=sys.stderr, flush=True)
-            try:
-                with tarfile.open(path) as tar:
-                    _safe_extract(tar, dest)
-            except (tarfile.TarError, OSError) as exc:
-                shutil.rmtree(dest, ignore_errors=True)
-                raise KernelError(f"cannot extract {path}: {exc}") from exc
-            except BaseException:  # a refused member, Ctrl-C: leave nothing half-done
-                shutil.rmtree(dest, ignore_errors=True)
-                raise
-            (dest / ".ktstr-extracted").touch()
+        dest = work_root() / "src" / file_digest(path)[:12]  # content, not name or mtime
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with cache_lock(work_root()):
+            if not (dest / ".ktstr-extracted").exists():
+                _extract(path, dest)
         subdirs = [d for d in dest.iterdir() if d.is_dir()]
         tree = subdirs[0] if len(subdirs) == 1 else dest
         scratch = dest
-    elif GIT_RE.search(source):
+    elif GIT_RE.search(source) and not source.startswith("-"):
         digest = hashlib.sha256(f"{source}@{ref}".encode()).hexdigest()[:12]
-        tree = scratch = work_root() / "git" / digest
-        if not (tree / "Makefile").exists():
-            shutil.rmtree(tree, ignore_errors=True)
-            argv = [
-                "git",
-                "clone",
-                "--depth",
-                "1",
-                *(["--branch", ref] if ref else []),
-                source,
-                str(tree),
-            ]
-            _run(argv, what="git clone")
+        tree = work_root() / "git" / digest
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        with cache_lock(work_root()):
+            if not (tree / "Makefile").exists():
+                _clone(source, ref, tree)
+        scratch = tree
     else:
         raise KernelError(
             f"kernel source {source!r} is neither a directory, a tarball nor a git URL",
@@ -118,8 +199,8 @@ def resolve_source(source: str, ref: str | None) -> Path:
     problem = ""
     if not (tree / "Makefile").is_file() or not (tree / "kernel" / "sched").is_dir():
         problem = f"{source} does not look like a Linux source tree"
-    elif not (tree / "kernel" / "sched" / "ext.c").is_file():
-        problem = f"{source} has no sched_ext (kernel/sched/ext.c); use Linux >= 6.12"
+    elif not has_sched_ext(tree):
+        problem = f"{source} has no sched_ext (no SCHED_CLASS_EXT); use Linux >= 6.12"
     if problem:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -198,12 +279,33 @@ def build_kernel(req: BuildRequest) -> Path:
         llvm_suffix()  # fail before a 25-minute build, not after
     tree = resolve_source(req.source, req.ref)
     version = kernel_version(tree)
-    key = f"{version}-{fragment_hash()}"
+    ident = hashlib.sha256(f"{source_identity(tree)}:{fragment_hash()}".encode()).hexdigest()
+    key = entry_name(version, ident, "built")
     dest = cache_root() / key
-    if dest.is_dir() and (dest / "meta.json").exists() and not req.force and not req.config_only:
+    if (dest / "meta.json").exists() and not req.force and not req.config_only:
         print(f"already cached: {dest}", file=sys.stderr)
         return dest
     out = work_root() / "out" / key
+    out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):
+        return _configure_and_build(req, tree, version, key, out)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """One build per output dir at a time; a second waits, then finds it cached."""
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _configure_and_build(req: BuildRequest, tree: Path, version: str, key: str, out: Path) -> Path:
+    dest = cache_root() / key
+    if (dest / "meta.json").exists() and not req.force and not req.config_only:
+        return dest  # a parallel build of the same key finished first
     print(f"configuring Linux {version} in {out} ...", file=sys.stderr, flush=True)
     configure(tree, out)
     if req.config_only:
@@ -211,17 +313,21 @@ def build_kernel(req: BuildRequest) -> Path:
     jobs = req.jobs or os.cpu_count() or 1
     print(f"building with -j{jobs} (log: {out / 'build.log'}) ...", file=sys.stderr, flush=True)
     _make_with_progress(["make", "-C", str(tree), f"O={out}", f"-j{jobs}"], out / "build.log")
-    tmp = dest.with_name(f".{key}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(out / "vmlinux", tmp / "vmlinux")
-    shutil.copy2(out / "arch/x86/boot/bzImage", tmp / "bzImage")
-    shutil.copy2(out / ".config", tmp / "config")
     if req.schedulers:
-        _build_schedulers(tree, out, tmp / "schedulers", jobs)
-    _write_meta(tmp, version=version, source=str(tree), kind="built", fragment_hash=fragment_hash())
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+        _build_schedulers(tree, out, out / "ktstr-schedulers", jobs)
+    if req.force:
+        shutil.rmtree(dest, ignore_errors=True)
+    with new_entry(key) as tmp:
+        if tmp is not None:
+            shutil.copy2(out / "vmlinux", tmp / "vmlinux")
+            shutil.copy2(out / "arch/x86/boot/bzImage", tmp / "bzImage")
+            shutil.copy2(out / ".config", tmp / "config")
+            if req.schedulers:
+                shutil.copytree(out / "ktstr-schedulers", tmp / "schedulers")
+            check_kernel(load_kernel(tmp))
+            _write_meta(
+                tmp, version=version, source=str(tree), kind="built", fragment_hash=fragment_hash()
+            )
     return dest
 
 
@@ -251,6 +357,7 @@ def _build_schedulers(tree: Path, out: Path, dest: Path, jobs: int) -> None:
     argv = ["make", "-C", str(tree / "tools/sched_ext"), f"O={build}", f"-j{jobs}",
             f"LLVM={llvm_suffix()}", f"VMLINUX_BTF={out / 'vmlinux'}"]  # fmt: skip
     _make_with_progress(argv, out / "sched_ext.log")
+    shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for binary in (build / "build" / "bin").glob("scx_*"):
         shutil.copy2(binary, dest / binary.name)

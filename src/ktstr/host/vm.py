@@ -30,6 +30,8 @@ from ktstr.host.channel import Channel
 from ktstr.host.console import Console
 from ktstr.host.qemu_argv import VmSpec, qemu_argv
 from ktstr.host.qmp import Qmp
+from ktstr.host.results import new_run_dir, results_root
+from ktstr.host.signals import deferred_signals
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +59,6 @@ class VmState(enum.Enum):
     RUNNING = "running"
     EXITED = "exited"
     CLOSED = "closed"
-
-
-def results_root() -> Path:
-    """Where failed runs keep their evidence: $KTSTR_RESULTS or XDG state."""
-    env = os.environ.get("KTSTR_RESULTS")
-    if env:
-        return Path(env)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "ktstr" / "results"
 
 
 class Vm:
@@ -201,9 +194,15 @@ class Vm:
         self.kill()
 
     def close(self, *, keep_evidence: bool = False) -> Path | None:
-        """Release everything. Idempotent. Returns where evidence was kept."""
+        """Release everything. Idempotent. Returns where evidence was kept.
+        A Ctrl-C or SIGTERM during cleanup is raised after it, not within."""
         if self.state is VmState.CLOSED:
             return self.artifacts
+        with deferred_signals():
+            self._close(keep_evidence)
+        return self.artifacts
+
+    def _close(self, keep_evidence: bool) -> None:
         try:
             self.shutdown(hard=True)
         finally:
@@ -228,20 +227,16 @@ class Vm:
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
             self.state = VmState.CLOSED
-        return self.artifacts
 
     def _keep_evidence(self, run_dir: Path) -> Path | None:
-        dest = self.evidence_dir or (
-            results_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir.name}"
-        )
         try:
-            dest.mkdir(parents=True, exist_ok=True)
-            for item in run_dir.iterdir():
-                if item.is_file() and not item.is_socket():
-                    shutil.copy2(item, dest / item.name)
+            dest = self.evidence_dir or new_run_dir(results_root(), self.name)
+            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+            items = [i for i in run_dir.iterdir() if i.is_file() and not i.is_socket()]
             share = run_dir / "share" / "job.json"
-            if share.exists():
-                shutil.copy2(share, dest / "job.json")
+            for item in [*items, share] if share.exists() else items:
+                shutil.copyfile(item, dest / item.name)
+                os.chmod(dest / item.name, 0o600)
         except OSError as exc:
             log.warning("could not keep evidence in %s: %s", dest, exc)
             return None
@@ -267,6 +262,11 @@ class Vm:
             exc.artifacts = where
 
     # -- evidence -----------------------------------------------------------
+    def log_notes(self) -> list[str]:
+        """Notes for the run when console.log or frames.bin hit their cap."""
+        logs = [x.log for x in (self.console, self.channel) if x is not None]
+        return [n for n in (log.note() for log in logs) if n]
+
     def console_tail(self, lines: int = 40) -> str:
         return self.console.tail(lines) if self.console else ""
 

@@ -8,8 +8,8 @@ Payload encodings (documented in docs/protocol.md):
   and SnapshotReply (``<QI``: request id, status) so that a malformed request
   is detectable by size alone.
 * JSON objects (UTF-8, keys as the dataclass fields) for everything else.
-  Decoders ignore unknown keys, so adding a field is backward compatible;
-  removing or retyping one bumps ``PROTOCOL_VERSION``.
+  Field metadata carries the bounds the host enforces (``validate.py``).
+  Both ends run the same package: a changed field bumps ``PROTOCOL_VERSION``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import enum
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from ktstr.protocol.frames import encode_frame
 
@@ -73,54 +73,61 @@ class PayloadError(ValueError):
     """A payload that does not match its kind's schema."""
 
 
-# -- JSON payloads ------------------------------------------------------------
+#: Free-form JSON fields (``detail``, ``data``, ``plan``): any JSON value
+#: within the bounds ``validate.py`` enforces on the host.
+JsonValue = Any
 
-T = TypeVar("T", bound="JsonPayload")
+_U64 = 2**64 - 1
+_BIG = 1e12  # bound on counters, times and rates: finite, with room to spare
+
+
+def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A field with validation bounds (``max_len``, ``lo``, ``hi``) in its metadata."""
+    if isinstance(default, list | dict):
+        factory = type(default)
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# -- JSON payloads ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JsonPayload:
+    """Encoding only: the host decodes through ``validate.decode_payload``."""
+
     KIND: ClassVar[MessageKind]
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
 
-    @classmethod
-    def from_bytes(cls: type[T], data: bytes) -> T:
-        try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError(f"{cls.KIND.name}: payload is not JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise PayloadError(f"{cls.KIND.name}: payload is not a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in obj.items() if k in names})
-        except TypeError as exc:
-            raise PayloadError(f"{cls.KIND.name}: {exc}") from None
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KernAddrs(JsonPayload):
-    """Guest kernel addresses the host needs to inspect guest memory."""
+    """Where the guest kernel lives: what host-side inspection needs."""
 
     KIND = MessageKind.KERN_ADDRS
-    kaslr_offset: int = 0
-    phys_base: int = 0
-    symbols: dict[str, int] = field(default_factory=dict)
+    #: Guest physical address and size of the vmcoreinfo note.
+    vmcoreinfo_phys: int = _f(0, lo=0, hi=_U64)
+    vmcoreinfo_size: int = _f(0, lo=0, hi=1 << 20)
+    kaslr_offset: int = _f(0, lo=0, hi=_U64)
+    phys_base: int = _f(0, lo=0, hi=_U64)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioStart(JsonPayload):
+    """A scenario begins. ``plan`` is the resolved Plan the agent runs (the
+    host checks it against its own; the watchdog duration is the host's)."""
+
     KIND = MessageKind.SCENARIO_START
-    name: str = ""
-    duration_s: float = 0.0
+    name: str = _f(max_len=256)
+    plan: JsonValue = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioPause(JsonPayload):
     KIND = MessageKind.SCENARIO_PAUSE
-    reason: str = ""
+    reason: str = _f("", max_len=256)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,9 +138,7 @@ class ScenarioResume(JsonPayload):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioEnd(JsonPayload):
     KIND = MessageKind.SCENARIO_END
-    name: str = ""
-    #: Time the guest still needs after the workload (teardown, reports).
-    grace_s: float = 10.0
+    name: str = _f(max_len=256)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,26 +146,73 @@ class Stimulus(JsonPayload):
     """A timestamped scenario event (cgroup created, cpuset changed, ...)."""
 
     KIND = MessageKind.STIMULUS
-    t_ms: float = 0.0
-    op: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
+    t_ms: float = _f(lo=0, hi=_BIG)
+    op: str = _f(max_len=64)
+    detail: JsonValue = _f({})
+
+
+#: Most wake-latency samples a worker report carries (a reservoir).
+MAX_LAT_SAMPLES = 20000
+#: Highest CPU id a report may name (NR_CPUS is at most 8192 on x86).
+MAX_CPU = 8191
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerReport:
+    """One worker's telemetry. ``error`` set = the worker failed (its numbers
+    are then zero). Identity is (``cgroup``, ``index``): the cgroup it was
+    spawned in and its index there."""
+
+    cgroup: str = _f(max_len=4096)
+    index: int = _f(lo=0, hi=1 << 20)
+    pid: int = _f(lo=0, hi=1 << 22)
+    error: str | None = _f(None, max_len=4096)
+    work: str = _f("", max_len=256)
+    iterations: int = _f(0, lo=0, hi=2**62)
+    work_units: int = _f(0, lo=0, hi=2**62)
+    wall_s: float = _f(0.0, lo=0, hi=_BIG)
+    cpu_s: float = _f(0.0, lo=0, hi=_BIG)
+    max_gap_ms: float = _f(0.0, lo=0, hi=_BIG)
+    max_gap_at_ms: float = _f(0.0, lo=0, hi=_BIG)
+    max_gap_cpu: int = _f(-1, lo=-1, hi=MAX_CPU)
+    cpus: list[int] = _f([], max_len=MAX_CPU + 1, lo=0, hi=MAX_CPU)
+    migrations: int = _f(0, lo=0, hi=2**62)
+    wake_lat_us: list[float] = _f([], max_len=MAX_LAT_SAMPLES, lo=0, hi=_BIG)
+    wake_samples: int = _f(0, lo=0, hi=2**62)
+    on_cpu_ms: float = _f(0.0, lo=0, hi=_BIG)
+    run_delay_ms: float = _f(0.0, lo=0, hi=_BIG)
+    timeslices: int = _f(0, lo=0, hi=2**62)
+    native: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerReports(JsonPayload):
+    """Reports of workers of one cgroup (a scenario's reports may span frames)."""
+
     KIND = MessageKind.WORKER_REPORTS
-    cgroup: str = ""
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    #: Union of the cpusets the cgroup was ever given; None = unrestricted.
-    cpus: list[int] | None = None
+    cgroup: str = _f(max_len=4096)
+    reports: list[WorkerReport] = _f([], max_len=1024)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TestResult(JsonPayload):
+    """The job's result. ``data`` is kind-specific (see ``RunSummary``)."""
+
     KIND = MessageKind.TEST_RESULT
-    name: str = ""
-    passed: bool = False
-    data: dict[str, Any] = field(default_factory=dict)
+    name: str = _f(max_len=256)
+    passed: bool
+    data: JsonValue = _f({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    """``TestResult.data`` of scenario and test jobs: what the agent saw."""
+
+    runs: int = _f(0, lo=0, hi=1 << 20)
+    elapsed_s: float = _f(0.0, lo=0, hi=_BIG)
+    leftover_cgroups: list[str] = _f([], max_len=1024)
+    leftover_workers: int = _f(0, lo=0, hi=1 << 20)
+    scheduler_died: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,8 +220,8 @@ class PayloadMetrics(JsonPayload):
     """Metrics from a real payload (schbench, stress-ng, ...)."""
 
     KIND = MessageKind.PAYLOAD_METRICS
-    payload: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
+    payload: str = _f(max_len=256)
+    metrics: dict[str, float] = _f({}, max_len=256, lo=-_BIG, hi=_BIG)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,10 +229,10 @@ class SchedExit(JsonPayload):
     """The scheduler under test left: exit kind, reason, and its dump."""
 
     KIND = MessageKind.SCHED_EXIT
-    exit_kind: str = ""
-    reason: str = ""
-    dump: str = ""
-    returncode: int | None = None
+    exit_kind: str = _f(max_len=64)
+    reason: str = _f("", max_len=4096)
+    dump: str = _f("", max_len=1 << 18)
+    returncode: int | None = _f(None, lo=-255, hi=255)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,8 +240,8 @@ class Crash(JsonPayload):
     """An exception in the guest agent."""
 
     KIND = MessageKind.CRASH
-    error: str = ""
-    traceback: str = ""
+    error: str = _f(max_len=4096)
+    traceback: str = _f("", max_len=1 << 16)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,14 +249,16 @@ class Lifecycle(JsonPayload):
     """Agent phase changes (mounted, scheduler attached, ...), for the log."""
 
     KIND = MessageKind.LIFECYCLE
-    phase: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
+    phase: str = _f(max_len=64)
+    detail: JsonValue = _f({})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Exit(JsonPayload):
+    """The agent's exit status (a shell-style 0..255); it powers off next."""
+
     KIND = MessageKind.EXIT
-    code: int = 0
+    code: int = _f(lo=0, hi=255)
 
 
 JSON_TYPES: dict[MessageKind, type[JsonPayload]] = {
@@ -297,23 +351,3 @@ class Encoder:
             raise ValueError(f"{kind.name} is not a text kind")
         data = text.encode("utf-8", "replace") if isinstance(text, str) else text
         return self._next(kind, data)
-
-
-def decode_payload(kind: int, payload: bytes) -> Message | str | None:
-    """Typed view of a payload: a dataclass, text for text kinds, None for
-    SysReady. Raises PayloadError for malformed payloads and unknown kinds."""
-    try:
-        mk = MessageKind(kind)
-    except ValueError:
-        raise PayloadError(f"unknown message kind {kind}") from None
-    if mk is MessageKind.SYS_READY:
-        if payload:
-            raise PayloadError("SYS_READY must have an empty payload")
-        return None
-    if mk in TEXT_KINDS:
-        return payload.decode("utf-8", "replace")
-    if mk is MessageKind.SNAPSHOT_REQUEST:
-        return SnapshotRequest.from_bytes(payload)
-    if mk is MessageKind.SNAPSHOT_REPLY:
-        return SnapshotReply.from_bytes(payload)
-    return JSON_TYPES[mk].from_bytes(payload)

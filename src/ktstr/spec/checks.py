@@ -14,6 +14,7 @@ is as bad as a missed bug.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +50,16 @@ class Thresholds:
             elif (
                 v is not None
                 and v is not False
-                and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0)
+                and (
+                    isinstance(v, bool)
+                    or not isinstance(v, int | float)
+                    or not math.isfinite(v)
+                    or v < 0
+                )
             ):
-                raise ConfigError(f"threshold {f.name} must be a number >= 0 or off, got {v!r}")
+                raise ConfigError(
+                    f"threshold {f.name} must be a finite number >= 0 or off, got {v!r}"
+                )
 
     def merged(self, over: Thresholds) -> Thresholds:
         """``over`` on top of ``self``: its set fields win."""

@@ -10,6 +10,7 @@ hold times in seconds and per-worker affinities.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field, replace
 
 from ktstr.errors import ConfigError
@@ -44,7 +45,7 @@ class CpusetSpec:
                 f"cpuset {self.mode.value}: index must be in 0..of-1 "
                 f"(index={self.index}, of={self.of})"
             )
-        if self.mode is CpusetMode.OVERLAP and not 0 < self.overlap < 1:
+        if self.mode is CpusetMode.OVERLAP and not 0 < self.overlap < 1:  # NaN fails too
             raise ConfigError(f"cpuset overlap must be in (0, 1), got {self.overlap}")
         if self.mode is CpusetMode.RANGE and not 0 <= self.lo <= self.hi:
             raise ConfigError(f"cpuset range needs 0 <= lo <= hi, got {self.lo}..{self.hi}")
@@ -208,11 +209,13 @@ class HoldSpec:
     interval: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.value <= 0:
-            raise ConfigError(f"hold {self.mode.value} must be > 0, got {self.value}")
+        if not math.isfinite(self.value) or self.value <= 0:
+            raise ConfigError(
+                f"hold {self.mode.value} must be a finite number > 0, got {self.value}"
+            )
         if self.mode is not HoldMode.FIXED and self.value > 1:
             raise ConfigError(f"hold fraction must be in (0, 1], got {self.value}")
-        if self.mode is HoldMode.LOOP and self.interval <= 0:
+        if self.mode is HoldMode.LOOP and not (math.isfinite(self.interval) and self.interval > 0):
             raise ConfigError(f"hold loop interval must be > 0, got {self.interval}")
 
     @classmethod
@@ -298,6 +301,9 @@ class PlanStep:
     ops: tuple[PlanOp, ...]
     hold_s: float
     loop_interval_s: float = 0.0
+    #: How many times a loop hold re-applies ``ops`` (at every interval that
+    #: starts before the hold ends): fixed here, so host and guest agree.
+    loop_count: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -337,8 +343,8 @@ def resolve(
 ) -> Plan:
     """Validate ``scenario`` against ``topo``; every error names the field."""
     duration = scenario.duration_s if duration_s is None else duration_s
-    if duration <= 0:
-        raise ConfigError(f"duration must be > 0 s, got {duration}")
+    if not math.isfinite(duration) or duration <= 0:
+        raise ConfigError(f"duration must be a finite number > 0 s, got {duration}")
     live: dict[str, PlanCgroup] = {}
     steps = []
     for i, step in enumerate(scenario.steps):
@@ -350,11 +356,20 @@ def resolve(
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         hold = step.hold
+        hold_s = hold.seconds(duration)
+        loops = _loop_count(hold_s, hold.interval) if hold.mode is HoldMode.LOOP else 0
+        for k in range(loops):  # a re-applied op must still be valid
+            for op in step.ops:
+                try:
+                    _resolve_op(op, topo, live, seed)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: loop repeat {k + 1}: {exc}") from None
         steps.append(
             PlanStep(
                 ops=tuple(ops),
-                hold_s=hold.seconds(duration),
-                loop_interval_s=hold.interval if hold.mode is HoldMode.LOOP else 0,
+                hold_s=hold_s,
+                loop_interval_s=hold.interval if loops else 0.0,
+                loop_count=loops,
             )
         )
     return Plan(
@@ -364,6 +379,11 @@ def resolve(
         steps=tuple(steps),
         seed=seed,
     )
+
+
+def _loop_count(hold_s: float, interval: float) -> int:
+    """Intervals k * interval (k >= 1) that start before the hold ends."""
+    return max(0, math.ceil(hold_s / interval - 1e-9) - 1)
 
 
 def _resolve_op(op: Op, topo: Topology, live: dict[str, PlanCgroup], seed: int) -> PlanOp:

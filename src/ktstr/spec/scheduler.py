@@ -119,25 +119,44 @@ class Scheduler:
         return (*self.args, *(a for name in profile.flags for a in self.flag(name).args))
 
 
+def _where(exc: BaseException, path: str) -> str:
+    """``file:line`` of the innermost frame of ``exc`` in ``path``."""
+    import os
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    tb = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in tb if os.path.abspath(f.filename) == os.path.abspath(path)]
+    frames = mine or tb[-1:]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else path
+
+
 def load_scheduler(ref: str) -> Scheduler:
-    """``path/to/file.py:NAME`` or ``package.module:NAME`` -> that Scheduler."""
+    """``path/to/file.py:NAME`` or ``package.module:NAME`` -> that Scheduler.
+    Any failure of the definition file is one ConfigError naming file and line."""
     import importlib
     import importlib.util
+    import os
 
     where, _, name = ref.rpartition(":")
+    if not where or not name:
+        raise ConfigError(f"scheduler definition {ref!r}: expected FILE.py:NAME or module:NAME")
+    if where.endswith(".py") and not os.path.isfile(where):
+        raise ConfigError(f"scheduler definition {ref!r}: no file {where}")
     try:
         if where.endswith(".py"):
             spec = importlib.util.spec_from_file_location("ktstr_sched_def", where)
-            if spec is None or spec.loader is None:
-                raise ImportError(where)
+            assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
-    except (ImportError, OSError) as exc:
+    except Exception as exc:
+        what = exc.message if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
         raise ConfigError(
-            f"cannot load scheduler definition {ref!r}: {exc}",
-            hint="use FILE.py:NAME or module:NAME",
+            f"scheduler definition {_where(exc, where)}: {what}",
+            hint="fix the definition file; it must define a ktstr Scheduler",
         ) from None
     found = getattr(module, name, None)
     if not isinstance(found, Scheduler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,11 @@ class Work:
     function: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind is WorkKind.BURSTY and (self.burst_ms <= 0 or self.sleep_ms < 0):
+        if self.kind is WorkKind.BURSTY and not (
+            math.isfinite(self.burst_ms + self.sleep_ms)
+            and self.burst_ms > 0
+            and self.sleep_ms >= 0
+        ):
             raise ConfigError(
                 f"Bursty needs burst_ms > 0 and sleep_ms >= 0, got {self.burst_ms}/{self.sleep_ms}"
             )
@@ -58,7 +63,7 @@ class Work:
         if self.kind is WorkKind.MUTEX_CONTENTION and self.contenders < 2:
             raise ConfigError(f"MutexContention needs contenders >= 2, got {self.contenders}")
         if self.kind is WorkKind.SEQUENCE:
-            if not self.phases or any(s <= 0 for _, s in self.phases):
+            if not self.phases or any(not (math.isfinite(s) and s > 0) for _, s in self.phases):
                 raise ConfigError("Sequence needs phases with positive durations")
             if any(w.kind in PAIRED | {WorkKind.SEQUENCE} for w, _ in self.phases):
                 raise ConfigError("Sequence phases cannot be paired kinds or sequences")

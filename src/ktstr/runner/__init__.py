@@ -1,0 +1,30 @@
+"""The run phases, tying host, protocol, evaluate and report together.
+
+``guest`` boots a VM for a job and drives its frame stream; ``execute``
+plans the watchdog, judges the run and writes ``result.json``.
+"""
+
+from ktstr.runner.execute import (
+    SchedulerRun,
+    execute,
+    execute_job,
+    run_scenario,
+    scenario_job,
+    scheduler_binary,
+    with_scheduler,
+)
+from ktstr.runner.guest import BootRequest, GuestRun, prepare, run_guest
+
+__all__ = [
+    "BootRequest",
+    "GuestRun",
+    "SchedulerRun",
+    "execute",
+    "execute_job",
+    "prepare",
+    "run_guest",
+    "run_scenario",
+    "scenario_job",
+    "scheduler_binary",
+    "with_scheduler",
+]

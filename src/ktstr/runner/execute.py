@@ -1,0 +1,278 @@
+"""Run a judged job in one VM: plan the watchdog, boot, judge, write result.json.
+
+``execute`` runs one canned scenario (``ktstr run``); the pytest plugin calls
+``execute_job`` for ``@ktstr_test`` bodies. Either way the verdict comes from
+``evaluate`` over what the host planned and what the guest sent, and an
+unexpected exception becomes an ``InternalError`` with its traceback kept,
+never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ktstr.errors import (
+    ConfigError,
+    GuestLostError,
+    GuestPanicError,
+    InternalError,
+    KtstrError,
+    VmError,
+)
+from ktstr.evaluate.account import Expectation, run_data
+from ktstr.evaluate.verdict import Outcome, Status, Verdict, evaluate
+from ktstr.host.kernel import Kernel
+from ktstr.host.qemu_argv import Accel
+from ktstr.host.results import remove_if_unfinished, write_private
+from ktstr.protocol.evidence import Evidence
+from ktstr.report import RunRecord, write_sidecar
+from ktstr.runner.guest import (
+    TEARDOWN_GRACE,
+    WORKLOAD_GRACE,
+    BootRequest,
+    GuestRun,
+    prepare,
+    run_guest,
+)
+from ktstr.spec.checks import Thresholds, timing_scale
+from ktstr.spec.scenario import Plan
+from ktstr.spec.serde import to_data
+
+#: Longest a scheduler may take to attach, and the slack on top of it before
+#: the first scenario must have started.
+ATTACH_TIMEOUT = 60.0
+READY_SLACK = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerRun:
+    """The scheduler under test as the guest starts it (a host path)."""
+
+    binary: Path
+    args: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.binary.name
+
+
+def scheduler_binary(name_or_path: str, kernel: Kernel, near: Path | None = None) -> Path:
+    """The scheduler's executable: ``name_or_path`` itself, else the name
+    looked up next to ``near`` (the tests or definition file), in
+    $KTSTR_SCHEDULER (a file or a directory), next to the kernel (built from
+    the same tree, so its BTF matches), then on PATH."""
+    candidates = [Path(name_or_path).expanduser()]
+    if near is not None:
+        candidates.append(near / name_or_path)
+    env = os.environ.get("KTSTR_SCHEDULER")
+    if env:
+        candidates += [Path(env) / name_or_path] if Path(env).is_dir() else [Path(env)]
+    if kernel.schedulers_dir is not None:
+        candidates.append(kernel.schedulers_dir / name_or_path)
+    which = shutil.which(name_or_path)
+    if which:
+        candidates.append(Path(which))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c.resolve()
+    places = [str(near)] if near is not None else []
+    places += (
+        ["$KTSTR_SCHEDULER"]
+        + ([str(kernel.schedulers_dir)] if kernel.schedulers_dir else [])
+        + ["PATH"]
+    )
+    raise ConfigError(
+        f"scheduler {name_or_path!r} not found (not an executable file; looked in "
+        f"{', '.join(places)})",
+        hint="pass a path to the scheduler binary, or set $KTSTR_SCHEDULER",
+    )
+
+
+def scenario_job(
+    plan: Plan, scheduler: SchedulerRun | None, attach_timeout: float = ATTACH_TIMEOUT
+) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "mode": "scenario",
+        "plan": to_data(plan),
+        "attach_timeout": attach_timeout,
+        "host_paths": [],
+    }
+    return with_scheduler(job, scheduler)
+
+
+def with_scheduler(job: dict[str, Any], scheduler: SchedulerRun | None) -> dict[str, Any]:
+    if scheduler is not None:
+        job["scheduler"] = {"binary": str(scheduler.binary), "args": list(scheduler.args)}
+        job.setdefault("host_paths", []).append(str(scheduler.binary))
+    return job
+
+
+def planned_s(plan: Plan) -> float:
+    return sum(s.hold_s for s in plan.steps)
+
+
+def scenario_request(req: BootRequest, plan: Plan, scheduler: SchedulerRun | None) -> BootRequest:
+    """The boot request of a ``ktstr run`` scenario, with the host's watchdog
+    plan: the scenario's own length, and an absolute cap of boot + attach +
+    workload + graces."""
+    job = scenario_job(plan, scheduler)
+    job["host_paths"] += list(req.job.get("host_paths", []))
+    attach = ATTACH_TIMEOUT if scheduler is not None else 0.0
+    total = planned_s(plan)
+    return dataclasses.replace(
+        req,
+        job=job,
+        scenario_s=total,
+        ready_timeout=attach + READY_SLACK,
+        hard_cap=req.boot_timeout + attach + total + WORKLOAD_GRACE + TEARDOWN_GRACE,
+    )
+
+
+def run_scenario(
+    req: BootRequest, plan: Plan, scheduler: SchedulerRun | None = None, **kw: Any
+) -> GuestRun:
+    """Boot a VM, run ``plan`` under ``scheduler`` (None = EEVDF), return what
+    came back (unjudged)."""
+    return run_guest(scenario_request(req, plan, scheduler), **kw)
+
+
+def _failure_outcome(exc: VmError) -> Outcome:
+    if isinstance(exc, GuestPanicError):
+        return Outcome(guest_crash=exc.message.removeprefix("guest kernel crashed: "))
+    kind = exc.message.split(":", 1)[0] if ":" in exc.message else "guest_lost"
+    if " " in kind:
+        kind = "guest_lost"
+    return Outcome(timeout=(kind, exc.message))
+
+
+def _internal(exc: BaseException, results_dir: Path) -> InternalError:
+    path = results_dir / "internal-error.txt"
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(path, "".join(traceback.format_exception(exc)))
+    except OSError:
+        return InternalError(f"internal error: {type(exc).__name__}: {exc}")
+    return InternalError(f"internal error: {type(exc).__name__}: {exc}", evidence=path)
+
+
+def execute_job(
+    req: BootRequest,
+    *,
+    expect: Expectation,
+    scheduler: SchedulerRun | None,
+    thresholds: Thresholds,
+    results_dir: Path,
+    test: str,
+    scenario: str,
+) -> RunRecord:
+    """Boot ``req.job`` in one VM and judge it: writes ``results_dir/result.json``.
+
+    Infrastructure errors (QEMU cannot start, the guest never boots) raise;
+    everything that happens to the guest once it ran is a finding."""
+    try:
+        return _execute_job(req, expect, scheduler, thresholds, results_dir, names=(test, scenario))
+    except KeyboardInterrupt:
+        remove_if_unfinished(results_dir)
+        raise
+    except KtstrError:
+        raise
+    except Exception as exc:
+        raise _internal(exc, results_dir) from exc
+
+
+def _execute_job(
+    req: BootRequest,
+    expect: Expectation,
+    scheduler: SchedulerRun | None,
+    thresholds: Thresholds,
+    results_dir: Path,
+    *,
+    names: tuple[str, str],
+) -> RunRecord:
+    test, scenario = names
+    _, accel, qemu, _ = prepare(req)
+    # One TCG thread runs every vCPU: the VM effectively has one host CPU.
+    host_cpus = 1 if accel.accel is Accel.TCG and not accel.tcg_multithread else os.cpu_count()
+    scale = timing_scale(accel.accel is Accel.TCG, req.topology.cpus, host_cpus or 1)
+
+    def judge(ev: Evidence, host: Outcome) -> Verdict:
+        return evaluate(run_data(ev, expect, host), thresholds, scale)
+
+    verdicts: list[Verdict] = []
+
+    def failed(run: GuestRun) -> bool:
+        verdicts.append(judge(run.evidence, Outcome()))
+        return verdicts[-1].status is Status.FAIL
+
+    t0, started = time.monotonic(), time.time()
+    run: GuestRun | None = None
+    try:
+        run = run_guest(req, evidence_dir=results_dir, keep_if=failed)
+        verdict, artifacts = verdicts[-1], run.artifacts
+    except (GuestPanicError, GuestLostError) as exc:
+        run = exc.partial if isinstance(exc.partial, GuestRun) else None
+        verdict = judge(run.evidence if run else Evidence(), _failure_outcome(exc))
+        artifacts = exc.artifacts
+    rec = RunRecord(
+        test=test,
+        scenario=scenario,
+        topology=str(req.topology),
+        kernel={"version": req.kernel.version, "image": str(req.kernel.image)},
+        scheduler=None
+        if scheduler is None
+        else {
+            "name": scheduler.name,
+            "binary": str(scheduler.binary),
+            "args": list(scheduler.args),
+        },
+        accel=accel.describe(),
+        qemu=qemu.version_str,
+        durations={
+            "boot_s": round(run.timings.ready or 0.0, 3) if run else 0.0,
+            "workload_s": req.scenario_s,
+            "total_s": round(time.monotonic() - t0, 3),
+            "started_at": round(started, 3),
+        },
+        verdict=verdict,
+        artifacts=str(artifacts) if artifacts else None,
+        sched_log_tail=run.sched_log[-4000:] if run else "",
+        notes=tuple(run.warnings) if run else (),
+    )
+    if run is not None and run.snapshots:
+        write_private(results_dir / "snapshots.json", json.dumps(run.snapshots, indent=1))
+    write_sidecar(rec, results_dir)
+    return rec
+
+
+def execute(
+    req: BootRequest,
+    plan: Plan,
+    scheduler: SchedulerRun | None,
+    thresholds: Thresholds,
+    results_dir: Path,
+    *,
+    test: str | None = None,
+) -> RunRecord:
+    """One canned scenario in one VM, judged against the host's own plan."""
+    expect = Expectation(
+        name=plan.scenario,
+        topology=req.topology,
+        plans=(plan,),
+        scheduler=scheduler is not None,
+    )
+    return execute_job(
+        scenario_request(req, plan, scheduler),
+        expect=expect,
+        scheduler=scheduler,
+        thresholds=thresholds,
+        results_dir=results_dir,
+        test=test or plan.scenario,
+        scenario=plan.scenario,
+    )

@@ -1,0 +1,467 @@
+"""Boot a VM for a job and drive it: prepare -> boot -> frames -> GuestRun.
+
+Every frame goes through ``protocol.evidence.Collector`` (decoded once,
+typed, bounded) and then the coordinator, whose actions (freeze and capture,
+end the run, watchdog expiry) are carried out here. Text goes to capped
+files in the VM's run directory, which become evidence when a run fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import ktstr
+from ktstr.errors import (
+    AgentCrashError,
+    BootTimeoutError,
+    GuestLostError,
+    GuestPanicError,
+    QemuAbortError,
+    TopologyError,
+    VmError,
+)
+from ktstr.host.capped import TEXT_CAP, CappedFile
+from ktstr.host.coordinator import (
+    Capture,
+    Coordinator,
+    Exited,
+    Expired,
+    Kill,
+    Ready,
+    Refuse,
+    TimeoutKind,
+    Watch,
+)
+from ktstr.host.kernel import Kernel, check_kernel, kernel_in_use
+from ktstr.host.qemu import AccelChoice, QemuInfo, choose_accel, find_qemu
+from ktstr.host.qemu_argv import Accel, VmSpec
+from ktstr.host.vm import Vm
+from ktstr.protocol.evidence import Collector, Evidence
+from ktstr.protocol.frames import DecoderStats, encode_frame
+from ktstr.protocol.messages import (
+    TEXT_KINDS,
+    Lifecycle,
+    MessageKind,
+    SchedExit,
+    SnapshotReply,
+    Stimulus,
+    TestResult,
+    WorkerReport,
+)
+from ktstr.spec.topology import Topology
+
+log = logging.getLogger(__name__)
+
+TextSink = Callable[[MessageKind, str], None]
+
+#: Slack after a scenario's planned length before the host calls it a stall,
+#: and the time the guest has after ScenarioEnd (stop workers, send reports).
+WORKLOAD_GRACE = 30.0
+TEARDOWN_GRACE = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BootRequest:
+    kernel: Kernel
+    topology: Topology
+    job: dict[str, Any]
+    accel: str | None = None
+    memory_mb: int = 0
+    boot_timeout: float = 120.0
+    #: SysReady -> the first scenario (scheduler attach) or -> Exit.
+    ready_timeout: float = 300.0
+    #: The host's planned length of one scenario (the watchdog's, not the guest's).
+    scenario_s: float = 0.0
+    #: Launch -> end of run, absolute; no frame extends it.
+    hard_cap: float = float("inf")
+    interactive: bool = False
+    #: Extra kernel command line parameters (appended last, so they win).
+    cmdline_extra: tuple[str, ...] = ()
+    #: Periodic freeze-and-capture points within 10-90 % of the workload.
+    num_snapshots: int = 0
+    name: str = "vm"
+
+    def watch(self) -> Watch:
+        return Watch(
+            boot_timeout=self.boot_timeout,
+            # a shell lasts as long as the person typing in it
+            ready_timeout=float("inf") if self.interactive else self.ready_timeout,
+            scenario_s=self.scenario_s,
+            workload_grace=WORKLOAD_GRACE,
+            teardown_grace=TEARDOWN_GRACE,
+            hard_cap=self.hard_cap,
+        )
+
+
+@dataclass(slots=True)
+class Timings:
+    """Host monotonic seconds relative to QEMU launch."""
+
+    kernel_start: float | None = None  # estimated from the guest's uptime at ready
+    ready: float | None = None
+    exit_frame: float | None = None
+    qemu_exit: float | None = None
+
+
+@dataclass(slots=True)
+class GuestRun:
+    accel: AccelChoice
+    qemu: QemuInfo
+    collector: Collector = field(default_factory=Collector)
+    exit_code: int | None = None
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    #: The frame decoder's counters (crc_errors, truncated, ... > 0 = damage).
+    decoder: DecoderStats = field(default_factory=DecoderStats)
+    artifacts: Path | None = None
+    timings: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def evidence(self) -> Evidence:
+        return self.collector.evidence
+
+    @property
+    def results(self) -> list[TestResult]:
+        return self.evidence.results
+
+    def result(self, name: str) -> TestResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+    @property
+    def sched_exit(self) -> SchedExit | None:
+        return self.evidence.sched_exit
+
+    @property
+    def lifecycle(self) -> list[Lifecycle]:
+        return [lc for _, lc in self.evidence.lifecycle]
+
+    @property
+    def worker_reports(self) -> list[WorkerReport]:
+        return [r for s in self.evidence.scenarios for r in s.reports]
+
+    @property
+    def stimuli(self) -> list[Stimulus]:
+        return [x for s in self.evidence.scenarios for x in s.stimuli]
+
+    @property
+    def sched_log(self) -> str:
+        return self.evidence.sched_log_tail()
+
+    def raise_for_crash(self) -> None:
+        """For jobs without a verdict: the agent's crash as an error."""
+        crash = self.evidence.crash
+        if crash is not None:
+            raise AgentCrashError(
+                f"guest agent crashed: {crash.error}", traceback_text=crash.traceback
+            )
+
+
+_ACCEL_MEMO: dict[tuple[str, str, str | None], AccelChoice] = {}
+
+
+def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]:
+    """Validate everything before anything is started."""
+    warnings = check_kernel(req.kernel)
+    nr = req.kernel.nr_cpus
+    if nr is not None and req.topology.cpus > nr:
+        raise TopologyError(
+            f"topology {req.topology} needs {req.topology.cpus} CPUs but kernel "
+            f"{req.kernel.version} was built with CONFIG_NR_CPUS={nr}",
+            hint="pick a smaller topology or build a kernel with 'ktstr kernel build'",
+        )
+    qemu = find_qemu()
+    key = (qemu.binary, str(req.kernel.image), req.accel)
+    if key not in _ACCEL_MEMO:
+        _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
+    accel = _ACCEL_MEMO[key]
+    if "scheduler" in req.job and accel.accel is Accel.TCG and accel.tcg_multithread:
+        # sched_ext enable/disable flips static keys (int3-based text patching);
+        # multi-threaded TCG still races with that on QEMU 10.0 ("Oops: int3"
+        # in sched_tick seen here), so scheduler runs get one TCG thread.
+        accel = dataclasses.replace(
+            accel,
+            tcg_multithread=False,
+            reason=accel.reason + "; single-threaded: a sched_ext scheduler is loaded",
+        )
+    agent_init = _agent_init()
+    spec = VmSpec(
+        kernel=req.kernel.image,
+        topology=req.topology,
+        run_dir=Path("/nonexistent"),  # the Vm fills in its own run dir
+        init=agent_init[0],
+        qemu=qemu.binary,
+        qemu_version=qemu.version,
+        accel=accel.accel,
+        tcg_multithread=accel.tcg_multithread,
+        memory_mb=req.memory_mb,
+        interactive=req.interactive,
+        cmdline_extra=(*agent_init[1], *req.cmdline_extra),
+    )
+    return spec, accel, qemu, warnings
+
+
+def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The guest's init argv and extra kernel parameters to start the agent.
+
+    Unknown KEY=value kernel parameters reach init as environment variables.
+    The agent needs only the stdlib and this package, so it skips ``site``
+    (measurably faster under TCG) unless the path cannot travel on the
+    kernel command line (whitespace).
+    """
+    pkg_parent = str(Path(ktstr.__file__).parent.parent)
+    if any(c.isspace() for c in pkg_parent + sys.executable):
+        return (sys.executable, "-m", "ktstr.guest.agent"), ()
+    return (sys.executable, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
+
+
+#: QEMU 10's multi-threaded TCG very rarely aborts in early boot (an
+#: iotlb_to_section assertion, ~1 in 100 boots here). Nothing of the job ran
+#: yet, so such a launch is retried; any failure after SysReady never is.
+BOOT_ABORT_ATTEMPTS = 3
+
+
+def run_guest(
+    req: BootRequest,
+    on_text: TextSink | None = None,
+    *,
+    evidence_dir: Path | None = None,
+    keep_if: Callable[[GuestRun], bool] | None = None,
+) -> GuestRun:
+    """Boot, drive, close. Evidence is kept (in ``evidence_dir``) when the run
+    raises, or when ``keep_if(run)`` says the finished run failed. A VmError
+    carries what was collected before it in ``partial``."""
+    spec, accel, qemu, warnings = prepare(req)
+    log.info("accelerator: %s", accel.describe())
+    for attempt in range(1, BOOT_ABORT_ATTEMPTS + 1):
+        out = GuestRun(accel=accel, qemu=qemu, warnings=list(warnings))
+        try:
+            with (
+                kernel_in_use(req.kernel),
+                Vm(spec, req.job, name=req.name, evidence_dir=evidence_dir) as vm,
+            ):
+                try:
+                    _drive(vm, req, out, on_text)
+                finally:
+                    out.warnings += vm.log_notes()
+                if keep_if is not None and keep_if(out):
+                    out.artifacts = vm.close(keep_evidence=True)
+            if attempt > 1:
+                out.warnings.append(
+                    f"QEMU aborted during boot {attempt - 1} time(s) before the "
+                    "guest was ready and was relaunched (a known QEMU TCG race)"
+                )
+            return out
+        except QemuAbortError as exc:
+            if attempt == BOOT_ABORT_ATTEMPTS:
+                raise
+            log.warning(
+                "QEMU aborted before the guest was ready (%s); relaunching",
+                exc.console_tail.strip().splitlines()[-1:] or "no output",
+            )
+        except VmError as exc:
+            exc.partial = out
+            raise
+    raise AssertionError("unreachable")
+
+
+class _RunEnded(Exception):
+    """The coordinator ended the run (scheduler death): stop the VM, no error."""
+
+
+class _TextFiles:
+    """The guest's text streams, each to a capped file in the run dir."""
+
+    NAMES: ClassVar[dict[MessageKind, str]] = {
+        MessageKind.STDOUT: "stdout.log",
+        MessageKind.STDERR: "stderr.log",
+        MessageKind.SCHED_LOG: "sched.log",
+        MessageKind.DMESG: "dmesg.log",
+    }
+
+    def __init__(self, run_dir: Path, echo: TextSink | None) -> None:
+        self._dir = run_dir
+        self._echo = echo
+        self.files: dict[MessageKind, CappedFile] = {}
+
+    def write(self, kind: MessageKind, text: str) -> None:
+        if kind not in self.files:
+            self.files[kind] = CappedFile(self._dir / self.NAMES[kind], TEXT_CAP)
+        self.files[kind].write(text.encode("utf-8", "replace"))
+        if self._echo is not None:
+            self._echo(kind, text)
+
+    def close(self) -> list[str]:
+        notes = [f.note() for f in self.files.values() if f.truncated]
+        for f in self.files.values():
+            f.close()
+        return notes
+
+
+def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) -> None:
+    assert vm.run_dir is not None
+    texts = _TextFiles(vm.run_dir, on_text)
+    try:
+        _pump_frames(vm, req, out, texts)
+    except _RunEnded:
+        _drain(vm, out, texts)
+        vm.shutdown(hard=True)
+        out.timings.qemu_exit = time.monotonic() - vm.launched_at
+    finally:
+        out.warnings += texts.close()
+
+
+def _accept(out: GuestRun, texts: _TextFiles, frame: Any, rel: float) -> Any:
+    item = out.collector.add(frame, rel)
+    if item is not None and item[0] in TEXT_KINDS:
+        texts.write(item[0], item[1])
+    elif item is not None and item[0] is MessageKind.LIFECYCLE:
+        lc: Lifecycle = item[1]
+        uptime = lc.detail.get("uptime_s") if isinstance(lc.detail, dict) else None
+        if lc.phase == "ready" and isinstance(uptime, int | float) and not isinstance(uptime, bool):
+            out.timings.kernel_start = rel - float(uptime)
+    return item
+
+
+def _drain(vm: Vm, out: GuestRun, texts: _TextFiles, limit: int = 10_000) -> None:
+    """Frames that already arrived when the run ended still count."""
+    assert vm.channel is not None
+    for _ in range(limit):
+        try:
+            frame = vm.channel.frames.get_nowait()
+        except queue.Empty:
+            return
+        if frame is None:
+            return
+        _accept(out, texts, frame, time.monotonic() - vm.launched_at)
+
+
+def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, texts: _TextFiles) -> None:
+    t0 = vm.launched_at
+    coord = Coordinator(started=t0, watch=req.watch(), num_snapshots=req.num_snapshots)
+    assert vm.channel is not None
+    frames = vm.channel.frames
+    while True:
+        now = time.monotonic()
+        if vm.console is not None and vm.console.panic.is_set():
+            raise GuestPanicError(
+                f"guest kernel crashed: {vm.console.panic_line}",
+                argv=vm.argv,
+                console_tail=_settle_tail(vm),
+                hint="the console log has the full trace",
+            )
+        for action in coord.tick(now):
+            _act(vm, out, action, now=now, wl=coord.workload_time(now))
+        try:
+            frame = frames.get(timeout=min(0.25, coord.next_wakeup(now) + 0.01))
+        except queue.Empty:
+            if vm.exited():
+                break
+            continue
+        if frame is None:  # channel EOF: QEMU closed the port (it exited)
+            break
+        now = time.monotonic()
+        item = _accept(out, texts, frame, now - t0)
+        for action in coord.handle(item, now):
+            _act(vm, out, action, now=now, wl=coord.workload_time(now))
+        if coord.state.exit_code is not None:
+            break
+    _finish(vm, out, coord)
+
+
+def _settle_tail(vm: Vm) -> str:
+    time.sleep(0.3)  # let the rest of the panic message arrive
+    return vm.console_tail()
+
+
+def _act(vm: Vm, out: GuestRun, action: object, *, now: float, wl: float) -> None:
+    rel = now - vm.launched_at
+    if isinstance(action, Ready):
+        out.timings.ready = rel
+    elif isinstance(action, Exited):
+        out.exit_code = action.code
+        out.timings.exit_frame = rel
+    elif isinstance(action, Kill):
+        log.info("scheduler exited: %s", action.sched_exit.reason)
+        raise _RunEnded
+    elif isinstance(action, Capture):
+        out.snapshots.append({**_capture(vm, out, action, rel), "workload_s": wl})
+    elif isinstance(action, Refuse):
+        _reply(vm, out, action.request.request_id, action.status)
+    elif isinstance(action, Expired):
+        cls = BootTimeoutError if action.kind is TimeoutKind.BOOT_TIMEOUT else GuestLostError
+        raise cls(
+            f"{action.kind.value}: {action.message}",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+            hint="raise --boot-timeout if the host is slow (TCG), else see the console log",
+        )
+
+
+def _reply(vm: Vm, out: GuestRun, request_id: int, status: int) -> None:
+    reply = SnapshotReply(request_id=request_id, status=status)
+    if vm.channel is not None and not vm.channel.send(encode_frame(reply.KIND, reply.to_bytes())):
+        out.warnings.append(f"snapshot reply {request_id} not delivered: the guest port is full")
+
+
+def _capture(vm: Vm, out: GuestRun, action: Capture, rel: float) -> dict[str, Any]:
+    """Freeze the guest, capture vCPU registers, resume, reply if asked."""
+    assert vm.qmp is not None
+    snap: dict[str, Any] = {"at_s": rel, "periodic": action.periodic}
+    t = time.monotonic()
+    vm.qmp.stop()
+    try:
+        snap["registers"] = vm.qmp.registers()
+    finally:
+        vm.qmp.cont()
+    snap["frozen_s"] = round(time.monotonic() - t, 6)
+    if action.request is not None:
+        snap["request_id"] = action.request.request_id
+        _reply(vm, out, action.request.request_id, 0)
+    return snap
+
+
+def _finish(vm: Vm, out: GuestRun, coord: Coordinator) -> None:
+    try:
+        vm.wait(timeout=15.0)
+    except Exception:
+        log.warning("guest did not power off after Exit; stopping QEMU")
+        vm.shutdown()
+    out.timings.qemu_exit = time.monotonic() - vm.launched_at
+    if vm.channel is not None:
+        out.decoder = dataclasses.replace(vm.channel.decoder.stats)
+    if vm.channel is not None and vm.channel.error is not None:
+        raise GuestLostError(
+            f"channel reader failed: {vm.channel.error}",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+        ) from vm.channel.error
+    if vm.console is not None and vm.console.panic.is_set():
+        raise GuestPanicError(
+            f"guest kernel crashed: {vm.console.panic_line}",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+        )
+    if coord.state.ready_at is None:
+        code = vm.proc.returncode if vm.proc is not None else None
+        cls = QemuAbortError if code == -signal.SIGABRT else VmError
+        raise cls(
+            "QEMU exited before the guest agent was ready"
+            + (" (QEMU aborted)" if cls is QemuAbortError else ""),
+            argv=vm.argv,
+            console_tail=vm.console_tail() or vm.qemu_stderr(),
+        )
+    if out.exit_code is None:
+        raise GuestLostError(
+            "guest went away without reporting an exit code",
+            argv=vm.argv,
+            console_tail=vm.console_tail(),
+        )

@@ -1,0 +1,177 @@
+"""Who runs where as a plan unfolds. Pure.
+
+Host and guest apply the same ops to a ``Ledger``: the guest to number, stop
+and move its workers, the host to know which worker reports a run owes it,
+which CPUs each worker may use (the union of its cgroups' effective cpusets
+while it was in them) and how long it was meant to run. Neither count nor
+identity nor cpuset is ever taken from the guest's reports.
+
+A worker's identity is (cgroup it was spawned in, index there); indices of a
+cgroup path keep counting across a remove and a re-add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ktstr.spec.scenario import OpKind, Plan, PlanCgroup, PlanOp
+
+WorkerId = tuple[str, int]
+
+
+@dataclass(slots=True)
+class WorkerLife:
+    id: WorkerId
+    cgroup: str  # where it is now (a MOVE_ALL changes it)
+    spec: PlanCgroup  # what it was spawned from: work, policy, affinity
+    allowed: set[int]
+    start_s: float
+    stop_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """``count`` new workers of ``spec``, numbered from ``first``."""
+
+    spec: PlanCgroup
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    spawn: tuple[Spawn, ...] = ()
+    stop: tuple[WorkerId, ...] = ()
+    moved: tuple[WorkerId, ...] = ()
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+@dataclass(slots=True)
+class Ledger:
+    all_cpus: tuple[int, ...]
+    live: dict[str, PlanCgroup] = field(default_factory=dict)
+    next_index: dict[str, int] = field(default_factory=dict)
+    workers: dict[WorkerId, WorkerLife] = field(default_factory=dict)
+
+    def effective(self, path: str) -> tuple[int, ...]:
+        """cgroup v2: a cpuset narrows its parent's; an empty result falls
+        back to the parent's, an unset one inherits it."""
+        eff = self.all_cpus
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            pc = self.live.get("/".join(parts[:i]))
+            if pc is not None and pc.cpus is not None:
+                narrowed = tuple(c for c in eff if c in set(pc.cpus))
+                eff = narrowed or eff
+        return eff
+
+    def running(self, top: str | None = None) -> list[WorkerLife]:
+        return [
+            w
+            for w in self.workers.values()
+            if w.stop_s is None and (top is None or _under(w.cgroup, top))
+        ]
+
+    def _refresh(self, top: str) -> None:
+        for w in self.running(top):
+            w.allowed.update(self.effective(w.cgroup))
+
+    def _spawn(self, pc: PlanCgroup, count: int, t: float) -> Spawn:
+        first = self.next_index.get(pc.path, 0)
+        self.next_index[pc.path] = first + count
+        allowed = self.effective(pc.path)
+        for i in range(first, first + count):
+            wid = (pc.path, i)
+            self.workers[wid] = WorkerLife(wid, pc.path, pc, set(allowed), t)
+        return Spawn(pc, first, count)
+
+    def _stop(self, top: str | None, t: float) -> tuple[WorkerId, ...]:
+        out = []
+        for w in self.running(top):
+            w.stop_s = t
+            out.append(w.id)
+        return tuple(out)
+
+    def _set_cpus(self, path: str, cpus: tuple[int, ...] | None) -> None:
+        self.live[path] = dataclasses.replace(self.live[path], cpus=cpus)
+
+    def apply(self, op: PlanOp, t: float) -> Effect:
+        """Apply one op at planned time ``t`` (seconds into the scenario)."""
+        k = op.kind
+        if k is OpKind.ADD_CGROUP:
+            spawns = []
+            for pc in op.cgroups:  # parent first
+                self.live[pc.path] = pc
+                if pc.workers:
+                    spawns.append(self._spawn(pc, pc.workers, t))
+            return Effect(spawn=tuple(spawns))
+        if k in (OpKind.REMOVE_CGROUP, OpKind.STOP):
+            stopped = self._stop(op.path, t)
+            if k is OpKind.REMOVE_CGROUP:
+                for path in [p for p in self.live if _under(p, op.path)]:
+                    del self.live[path]
+            return Effect(stop=stopped)
+        if k in (OpKind.SET_CPUSET, OpKind.CLEAR_CPUSET):
+            self._set_cpus(op.path, op.cpus)
+            self._refresh(op.path)
+        elif k is OpKind.SWAP_CPUSETS:
+            a, b = self.live[op.path].cpus, self.live[op.other].cpus
+            self._set_cpus(op.path, b)
+            self._set_cpus(op.other, a)
+            self._refresh(op.path)
+            self._refresh(op.other)
+        elif k is OpKind.SPAWN:
+            return Effect(spawn=(self._spawn(self.live[op.path], op.count, t),))
+        elif k is OpKind.MOVE_ALL:
+            moved = self.running(op.path)
+            for w in moved:
+                w.cgroup = op.other
+            self._refresh(op.other)
+            return Effect(moved=tuple(w.id for w in moved))
+        return Effect()
+
+    def finish(self, t: float) -> tuple[WorkerId, ...]:
+        """The scenario ends: every worker still running stops at ``t``."""
+        return self._stop(None, t)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedWorker:
+    """A worker the plan owes a report for, with what the host allows it."""
+
+    cgroup: str
+    index: int
+    allowed: tuple[int, ...]
+    planned_s: float
+
+
+def unfold(plan: Plan, all_cpus: tuple[int, ...]) -> Ledger:
+    """Every op of ``plan`` applied at its planned time, loops included."""
+    ledger = Ledger(all_cpus)
+    t = 0.0
+    for step in plan.steps:
+        for op in step.ops:
+            ledger.apply(op, t)
+        for k in range(1, step.loop_count + 1):
+            for op in step.ops:
+                ledger.apply(op, t + k * step.loop_interval_s)
+        t += step.hold_s
+    ledger.finish(t)
+    return ledger
+
+
+def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWorker, ...]:
+    ledger = unfold(plan, all_cpus)
+    return tuple(
+        ExpectedWorker(
+            cgroup=w.id[0],
+            index=w.id[1],
+            allowed=tuple(sorted(w.allowed)),
+            planned_s=(w.stop_s or 0.0) - w.start_s,
+        )
+        for w in ledger.workers.values()
+    )
