@@ -40,7 +40,7 @@ from ktstr.runner import (
     scheduler_binary,
     with_scheduler,
 )
-from ktstr.runner.execute import ATTACH_TIMEOUT, READY_SLACK
+from ktstr.runner.judge import ATTACH_TIMEOUT, READY_SLACK
 from ktstr.spec.checks import DEFAULTS, merge
 from ktstr.spec.gauntlet import Case, expand, select_for_budget, static_estimate
 from ktstr.spec.scheduler import Profile, Scheduler

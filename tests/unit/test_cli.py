@@ -119,3 +119,55 @@ def test_show_thresholds_with_a_scheduler_definition(env, capsys, tmp_path):
     code, err = run(capsys, "show-thresholds", "--scheduler", f"{tmp_path}/syntax.py:S")
     assert code == 2 and f"{tmp_path}/syntax.py:2: SyntaxError" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("run", "--duration", "nan"),
+        ("run", "--duration", "inf"),
+        ("run", "--duration", "-1"),
+        ("run", "--boot-timeout", "nan"),
+        ("run", "--snapshots", "-1"),
+        ("run", "--memory", "x"),
+    ],
+)
+def test_non_finite_numbers_are_one_line_errors(env, capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_thresholds_are_refused(env, capsys, value):
+    code, err = run(capsys, "show-thresholds", "--threshold", f"max_gap_ms={value}")
+    assert code == 2 and "must be a finite number" in err
+
+
+@pytest.mark.parametrize("flag", ["--results", "--junit"])
+def test_unusable_output_paths_fail_before_any_boot(env, capsys, flag):
+    blocker = env / "a-file"
+    blocker.write_text("")
+    code, err = run(capsys, "run", flag, str(blocker / "x"), "--kernel", str(env / "nope"))
+    assert code == 2 and "not a writable directory" in err and "Traceback" not in err
+
+
+def test_internal_errors_are_one_line_and_exit_2(env, capsys, monkeypatch):
+    from ktstr import cli
+
+    def boom(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_list", boom)
+    code, err = run(capsys, "list")
+    assert code == 2 and err.startswith("ktstr: internal error: ValueError: a bug")
+    assert "Traceback" not in err
+
+
+def test_guest_exit_status_is_a_shell_status():
+    from ktstr.guest.agent import shell_status
+
+    assert [shell_status(c) for c in (0, 7, 255, 256, 4096, -9, -15)] == [
+        0, 7, 255, 255, 255, 137, 143
+    ]  # fmt: skip

@@ -26,7 +26,7 @@ def fake_tree(root: Path, *, sched_ext: bool = True, layout: str = "6.12") -> Pa
             (root / "kernel" / "sched" / "ext").mkdir()
             (root / "kernel" / "sched" / "ext" / "core.c").write_text("/* sched_ext */\n")
         (root / "kernel" / "Kconfig.preempt").write_text(
-            "config SCHED_CLASS_EXT\n\tbool \"Extensible Scheduling Class\"\n"
+            'config SCHED_CLASS_EXT\n\tbool "Extensible Scheduling Class"\n'
         )
     return root
 

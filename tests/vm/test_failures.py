@@ -203,3 +203,39 @@ def test_qemu_dies_with_a_killed_ktstr(kernel, isolated, qemu_pids):
     assert qemu_pids(str(tmp)) == [], "QEMU outlived the ktstr process"
     for leftover in tmp.iterdir():  # a SIGKILLed process cannot remove its run dir
         shutil.rmtree(leftover)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [((signal.SIGTERM,), 143, "terminated"), ((signal.SIGINT, signal.SIGINT), 130, "interrupted")],
+    ids=["sigterm", "ctrl-c-twice"],
+)
+def test_signals_mid_run_clean_up(kernel, isolated, qemu_pids, case):
+    """SIGTERM is handled like Ctrl-C, and a second Ctrl-C that lands during
+    cleanup does not cut it short: no QEMU, no run dir, no results dir."""
+    signals, code, word = case
+    tmp = isolated / "tmp"
+    proc = run_cli(
+        "run",
+        "steady",
+        "--duration",
+        "30",
+        "--topology",
+        "1n1l2c1t",
+        env={"TMPDIR": str(tmp), "KTSTR_RESULTS": str(isolated / "res")},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not qemu_pids(str(tmp)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(6)  # into the workload
+    for sig in signals:
+        os.kill(proc.pid, sig)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert word in err and "Traceback" not in err
+    assert qemu_pids(str(tmp)) == []
+    assert os.listdir(tmp) == []
+    assert not (isolated / "res").exists() or not any((isolated / "res").iterdir())

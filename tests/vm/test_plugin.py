@@ -152,3 +152,63 @@ def test_vcpu_budget_serializes_wide_vms(pytester, kernel, isolated):
     """With a budget of 2 vCPUs, two 2-vCPU VMs must not overlap."""
     _, a_end, b_start = two_vms_under_xdist(pytester, isolated / "res", budget=2, duration=2)
     assert b_start >= a_end - 0.5
+
+
+def test_a_body_with_two_long_scenarios_passes(pytester, kernel, isolated):
+    """Each ScenarioStart arms the host's duration again: the second of two
+    35 s scenarios is not killed as a hang (it was, when only the first
+    start armed the deadline and ScenarioEnd left 30 s)."""
+    pytester.makepyfile(
+        test_two="""
+from ktstr import CgroupDef, ktstr_test
+
+@ktstr_test(cores=2, duration=35)
+def test_twice(ctx):
+    ctx.execute_defs([CgroupDef("a", workers=2)])
+    ctx.execute_defs([CgroupDef("b", workers=2)])
+"""
+    )
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--ktstr-results={res}")
+    result.assert_outcomes(passed=1)
+    (doc,) = sidecars(res)
+    assert [c["name"] for c in doc["stats"]["cgroups"]] == ["s1:a", "s2:b"]
+    assert doc["stats"]["workers"] == 4
+
+
+def test_bodies_see_the_hosts_environment_and_import_errors_name_the_line(
+    pytester, kernel, isolated, monkeypatch
+):
+    monkeypatch.setenv("KTSTR_DEMO_DIR", "/from/the/host")
+    pytester.makepyfile(
+        test_env="""
+import os
+from ktstr import CgroupDef, ktstr_test
+
+DIR = os.environ["KTSTR_DEMO_DIR"]
+
+@ktstr_test(cores=2, duration=1)
+def test_env(ctx):
+    assert DIR == "/from/the/host"
+    ctx.execute_defs([CgroupDef("a")])
+""",
+        test_hidden="""
+import os
+from ktstr import CgroupDef, ktstr_test
+
+if os.path.exists("/run/ktstr/job.json"):  # only true in the guest
+    SECRET = os.environ["KTSTR_DEMO_SECRET"]
+
+@ktstr_test(cores=2, duration=1, env_exclude=["KTSTR_DEMO_SECRET"])
+def test_hidden(ctx):
+    ctx.execute_defs([CgroupDef("a")])
+""",
+    )
+    monkeypatch.setenv("KTSTR_DEMO_SECRET", "not for the guest")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--ktstr-results={isolated / 'res'}"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*guest agent crashed: TestBodyError: importing *test_hidden.py:5 in the guest*KeyError*"]
+    )

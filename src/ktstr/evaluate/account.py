@@ -20,6 +20,7 @@ Worker counts, identities, allowed CPUs and durations come from the plan
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,17 +93,49 @@ def integrity(ev: Evidence) -> list[Finding]:
     return out
 
 
+def worker_pids(ev: Evidence) -> dict[int, str]:
+    """pid -> worker name, from the pids the agent announced at spawn."""
+    out: dict[int, str] = {}
+    for rec in ev.scenarios:
+        for st in rec.stimuli:
+            pids = st.detail.get("pids") if isinstance(st.detail, dict) else None
+            if isinstance(pids, dict):
+                out.update({v: k for k, v in pids.items() if isinstance(v, int)})
+    return out
+
+
+def _name_tasks(text: str, names: dict[int, str]) -> str:
+    """``python[67]`` in a kernel message -> which worker that was."""
+    found = {m.group(0): names.get(int(m.group(1))) for m in _TASK.finditer(text)}
+    return text + "".join(f" [{t} is worker {n}]" for t, n in found.items() if n)
+
+
+_TASK = re.compile(r"\w[\w.:/-]*\[(\d+)\]")
+
+
+def _stuck(ev: Evidence) -> str:
+    """What the agent said of workers that would not stop."""
+    parts = []
+    for _, lc in ev.lifecycle:
+        if lc.phase == "worker_stuck" and isinstance(lc.detail, dict):
+            parts.append(f"{lc.detail.get('worker')} ({str(lc.detail.get('task', ''))[:300]})")
+    return "; stuck: " + "; ".join(parts[:4]) if parts else ""
+
+
 def outcome_from(ev: Evidence, host: Outcome) -> Outcome:
     """The host's view of how the run ended, plus what the guest reported."""
     se, changes = ev.sched_exit, dict[str, Any]()
+    names = worker_pids(ev)
     if se is not None:
         changes["sched_dump"] = se.dump
         if se.exit_kind == "not_attached":
             changes["sched_not_attached"] = se.reason or "not attached"
         else:
-            changes["sched_died"] = (se.exit_kind, se.reason)
+            changes["sched_died"] = (se.exit_kind, _name_tasks(se.reason, names))
     if ev.crash is not None and not host.agent_crash:
         changes["agent_crash"] = ev.crash.error
+    if host.timeout is not None:
+        changes["timeout"] = (host.timeout[0], host.timeout[1] + _stuck(ev))
     changes["sched_log_tail"] = ev.sched_log_tail()[-4000:]
     return dataclasses.replace(host, **changes)
 

@@ -97,14 +97,24 @@ class Executor:
     def stimulus(self, op: str, **detail: Any) -> None:
         self.send(Stimulus(t_ms=(time.monotonic() - self.t0) * 1000, op=op, detail=detail))
 
-    def _spawn(self, effect: Effect) -> None:
+    def _spawn(self, effect: Effect) -> dict[str, int]:
+        """Fork the workers an op starts; their pids, to name them in findings."""
+        pids = {}
         for sp in effect.spawn:
             procs = str(self.tree.procs_dir(sp.spec.path))
-            self.pool.spawn(
-                specs_for(
-                    sp.spec, procs, count=sp.count, first_index=sp.first, all_cpus=self.all_cpus
-                )
+            specs = specs_for(
+                sp.spec, procs, count=sp.count, first_index=sp.first, all_cpus=self.all_cpus
             )
+            for w in self.pool.spawn(specs):
+                pids[f"{w.spec.cgroup}[{w.spec.index}]"] = w.pid
+        return pids
+
+    def _stuck(self, wid: tuple[str, int], pid: int, what: str) -> None:
+        """A worker did not stop: say so now, while the agent still can."""
+        worker = f"{wid[0]}[{wid[1]}]"
+        self.send(
+            Lifecycle(phase="worker_stuck", detail={"worker": worker, "pid": pid, "task": what})
+        )
 
     def apply(self, op: PlanOp) -> None:
         """Carry out one op; the ledger (shared with the host) says which
@@ -116,8 +126,8 @@ class Executor:
             for pc in op.cgroups:
                 kids = any(p.startswith(pc.path + "/") for p in paths)
                 self.tree.create(pc.path, pc.cpus, has_children=kids)
-            self._spawn(effect)
-            self.stimulus(k.value, cgroups=paths, workers=sum(pc.workers for pc in op.cgroups))
+            pids = self._spawn(effect)
+            self.stimulus(k.value, cgroups=paths, pids=pids)
         elif k in (OpKind.REMOVE_CGROUP, OpKind.STOP):
             self.reports += self.pool.stop(list(effect.stop))
             if k is OpKind.REMOVE_CGROUP:
@@ -131,8 +141,7 @@ class Executor:
             self.tree.set_cpus(op.other, self.ledger.live[op.other].cpus)
             self.stimulus(k.value, a=op.path, b=op.other)
         elif k is OpKind.SPAWN:
-            self._spawn(effect)
-            self.stimulus(k.value, cgroup=op.path, count=op.count)
+            self.stimulus(k.value, cgroup=op.path, pids=self._spawn(effect))
         elif k is OpKind.SET_AFFINITY:
             ids = [w.id for w in self.ledger.running(op.path)]
             self.pool.set_affinity(ids, op.affinities, self.all_cpus)
@@ -171,6 +180,7 @@ class Executor:
         self.plan, self.reports = plan, []
         self.ledger = Ledger(self.all_cpus)
         self.tree, self.pool = CgroupTree(), WorkerPool()
+        self.pool.on_stuck = self._stuck
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.tree)
             stack.callback(self.pool.close)
@@ -191,7 +201,7 @@ class Executor:
             runs=1,
             elapsed_s=elapsed,
             leftover_cgroups=self.tree.leftovers(),
-            leftover_workers=len(self.pool.running()),
+            leftover_workers=len(self.pool.running()) + len(self.pool.unreaped),
             scheduler_died=self.scheduler_dead(),
         )
 

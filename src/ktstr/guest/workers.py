@@ -22,6 +22,7 @@ import random
 import signal
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,12 @@ class WorkerPool:
         os.makedirs(report_dir, exist_ok=True)
         self.workers: dict[WorkerId, Worker] = {}
         self._barrier: Barrier | None = None
-        self.stuck = ""  # what the last worker that would not stop was doing
+        #: Workers that did not stop in time, and what they were doing.
+        self.stuck: list[tuple[WorkerId, str]] = []
+        #: Called as (id, pid, description) when a worker does not stop.
+        self.on_stuck: Callable[[WorkerId, int, str], None] | None = None
+        #: Killed workers that never exited (left for the kernel to reap).
+        self.unreaped: list[int] = []
 
     def spawn(self, specs: list[WorkerSpec]) -> list[Worker]:
         """Fork workers; they wait until ``release()``."""
@@ -329,17 +335,26 @@ class WorkerPool:
         return [w.report for w in targets if w.report is not None]
 
     def _reap(self, w: Worker, deadline: float) -> None:
-        while True:
-            pid, status = os.waitpid(w.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                self.stuck = describe_task(w.pid)
+        """Wait for a stopped worker; past ``deadline`` describe it (state,
+        wait channel, kernel stack), SIGKILL it, and wait a bounded time
+        more. A task the scheduler never runs cannot even die: then it is
+        left behind and reported, and the agent goes on."""
+        status = _wait(w.pid, deadline)
+        if status is None:
+            stuck = describe_task(w.pid)
+            self.stuck.append((w.id, stuck))
+            if self.on_stuck is not None:
+                self.on_stuck(w.id, w.pid, stuck)
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(w.pid, signal.SIGKILL)
-                os.waitpid(w.pid, 0)
-                status = -9
-                break
-            time.sleep(0.005)
+            status = _wait(w.pid, time.monotonic() + KILL_WAIT)
+            if status is None:
+                w.report = error_report(
+                    w.spec.cgroup, w.spec.index, w.pid, f"did not stop, even when killed: {stuck}"
+                )
+                self.unreaped.append(w.pid)
+                return
+            status = -9
         try:
             with open(w.report_path) as f:
                 w.report = WorkerReport(**json.load(f))
@@ -347,7 +362,7 @@ class WorkerPool:
         except (OSError, ValueError, TypeError):
             why = f"no report (exit status {status})"
             if status == -9:
-                why += f"; did not stop in time: {self.stuck}"
+                why += f"; did not stop in time: {self.stuck[-1][1]}"
             w.report = error_report(w.spec.cgroup, w.spec.index, w.pid, why)
 
     def set_affinity(
@@ -366,11 +381,29 @@ class WorkerPool:
         for w in self.running():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(w.pid, 0)
+            if _wait(w.pid, time.monotonic() + KILL_WAIT) is None:
+                self.unreaped.append(w.pid)
             w.report = w.report or error_report(
                 w.spec.cgroup, w.spec.index, w.pid, "killed at teardown"
             )
+
+
+#: After SIGKILL, how long a worker may take to die before it is left behind.
+KILL_WAIT = 5.0
+
+
+def _wait(pid: int, deadline: float) -> int | None:
+    """The exit status of child ``pid``, or None if it lives past ``deadline``."""
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return -1
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.005)
 
 
 def describe_task(pid: int) -> str:

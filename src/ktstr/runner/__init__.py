@@ -1,10 +1,11 @@
 """The run phases, tying host, protocol, evaluate and report together.
 
-``guest`` boots a VM for a job and drives its frame stream; ``execute``
+``guest`` boots a VM for a job and drives its frame stream; ``judge``
 plans the watchdog, judges the run and writes ``result.json``.
 """
 
-from ktstr.runner.execute import (
+from ktstr.runner.guest import BootRequest, GuestRun, prepare, run_guest
+from ktstr.runner.judge import (
     SchedulerRun,
     execute,
     execute_job,
@@ -13,7 +14,6 @@ from ktstr.runner.execute import (
     scheduler_binary,
     with_scheduler,
 )
-from ktstr.runner.guest import BootRequest, GuestRun, prepare, run_guest
 
 __all__ = [
     "BootRequest",
