@@ -145,3 +145,38 @@ def test_periodic_snapshots_are_spaced_in_workload_time(kernel, isolated):
         assert "RIP=" in snap["registers"]
     assert run.timings.ready is not None and periodic[0]["at_s"] > run.timings.ready
     assert_clean(run, "steady")
+
+
+def test_loop_spawned_workers_and_moved_workers_pass_judged(kernel, isolated):
+    """Workers a loop hold spawns start at once (the barrier is released
+    after every repeat), and workers moved to another cgroup may use its
+    CPUs: both passed falsely as starvation and isolation failures."""
+    from ktstr.runner import execute
+    from ktstr.spec.checks import DEFAULTS, Thresholds
+    from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
+
+    sc = Scenario(
+        name="loop_and_move",
+        description="",
+        steps=(
+            Step(
+                ops=(
+                    Op.add(CgroupDef("grow", workers=1)),
+                    Op.add(CgroupDef("src", workers=2, cpuset=CpusetSpec.llc(0))),
+                    Op.add(CgroupDef("dst", workers=0, cpuset=CpusetSpec.llc(1))),
+                ),
+                hold=HoldSpec.fraction(0.25),
+            ),
+            Step(ops=(Op.spawn("grow", 1),), hold=HoldSpec.loop(0.5, 0.5)),
+            Step(ops=(Op.move_all("src", "dst"),), hold=HoldSpec.fraction(0.25)),
+        ),
+    )
+    plan = resolve(sc, TOPO, 4.0)
+    req = BootRequest(kernel=kernel, topology=TOPO, job={}, name="loop")
+    # workers spawned at different times meet different competition: the
+    # spread check would compare unlike shares, so it is off here
+    rec = execute(
+        req, plan, None, DEFAULTS.merged(Thresholds(max_spread_pct=False)), isolated / "res"
+    )
+    assert rec.status.value == "pass", [f.message for f in rec.verdict.findings]
+    assert rec.verdict.stats.workers == 1 + 1 + plan.steps[1].loop_count + 2

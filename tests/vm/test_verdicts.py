@@ -56,6 +56,7 @@ def test_passing_run_in_ktap_exits_0_and_keeps_only_the_sidecar(kernel, isolated
     p = ktstr(
         "run",
         "steady",
+        "steady",
         "cpuset_disjoint",
         "--duration",
         "2",
@@ -65,7 +66,8 @@ def test_passing_run_in_ktap_exits_0_and_keeps_only_the_sidecar(kernel, isolated
         env={"TMPDIR": str(isolated / "tmp")},
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    assert assert_valid_ktap(p.stdout) == ["ok 1 steady", "ok 2 cpuset_disjoint"]
+    assert assert_valid_ktap(p.stdout) == ["ok 1 steady", "ok 2 steady", "ok 3 cpuset_disjoint"]
+    assert len(list(res.iterdir())) == 3  # one directory per scenario run, never shared
     for run_dir in res.iterdir():
         assert sorted(x.name for x in run_dir.iterdir()) == ["result.json"]
 
