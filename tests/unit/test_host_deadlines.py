@@ -84,7 +84,7 @@ def test_a_qmp_command_qemu_never_answers_fails_in_time(tmp_path):
     q = Qmp(sock, timeout=0.5)
     q.connect(timeout=3.0)
     t0 = time.monotonic()
-    with pytest.raises(VmError, match="QMP stop: no answer from QEMU within 0.5s"):
+    with pytest.raises(VmError, match=r"QMP stop: no answer from QEMU within 0\.5s"):
         q.stop()
     assert time.monotonic() - t0 < 2
     q.close()
