@@ -80,6 +80,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="max concurrent vCPUs across all workers (default 4 x host CPUs)",
     )
     g.addoption(
+        "--ktstr-no-monitor",
+        action="store_true",
+        help="do not watch the guest kernel from the host during tests",
+    )
+    g.addoption(
         "--ktstr-allow-skip",
         action="store_true",
         help="skip VM tests on a host without QEMU or a kernel (default: fail the session)",
@@ -277,6 +282,7 @@ def run_case(spec: TestSpec, case: Case) -> None:
                 results_dir=out,
                 test=test_id,
                 scenario=spec.name,
+                monitor_hz=None if config.getoption("ktstr_no_monitor") else 10.0,
             )
     except KtstrError as exc:
         pytest.fail(

@@ -37,6 +37,10 @@ class RunRecord:
     artifacts: str | None = None
     sched_log_tail: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: The monitor's summary (None: it did not run), and its view of the
+    #: seconds before a failure.
+    monitor: dict[str, Any] | None = None
+    monitor_view: tuple[str, ...] = ()
 
     @property
     def status(self) -> Status:
@@ -75,6 +79,7 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
         "findings": [dataclasses.asdict(f) for f in v.findings],
         "artifacts": rec.artifacts,
         "notes": list(rec.notes),
+        "monitor": rec.monitor,
     }
 
 
@@ -111,8 +116,13 @@ def to_text(rec: RunRecord) -> str:
     lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {accel}]"]
     lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
     lines += format_stats(v.stats)
+    if rec.monitor:
+        lines.append(monitor_line(rec.monitor))
     if v.scale.factor != 1.0:
         lines.append(f"timing thresholds scaled x{v.scale.factor:g} ({v.scale.reason})")
+    if rec.monitor_view and v.status is Status.FAIL:
+        lines.append("monitor, the seconds before the end:")
+        lines += [f"  | {ln}" for ln in rec.monitor_view]
     died = next((f for f in v.findings if f.check == "scheduler_died"), None)
     if died is not None:
         dump = str(died.evidence.get("dump", "")).strip().splitlines()
@@ -127,6 +137,22 @@ def to_text(rec: RunRecord) -> str:
     if rec.artifacts:
         lines.append(f"artifacts: {rec.artifacts}")
     return "\n".join(lines)
+
+
+def monitor_line(m: dict[str, Any]) -> str:
+    """One line of what the host saw inside the guest kernel."""
+    failed = [k for k, v in m.get("checks", {}).items() if v == "fail"]
+    line = (
+        f"monitor: {m.get('samples', 0)} samples at {m.get('hz', 0):g} Hz over "
+        f"{m.get('cpus', 0)} cpus; max imbalance {m.get('max_imbalance', 0):g}, "
+        f"max local DSQ {m.get('max_local_dsq', 0)}, longest runnable wait "
+        f"{m.get('max_runnable_wait_ms', 0):.0f}ms, idle while waiting "
+        f"{m.get('idle_while_waiting_ms', 0):.0f}ms"
+    )
+    wd = m.get("watchdog")
+    if wd and not wd.get("skipped"):
+        line += f"; sched_ext watchdog {wd['from_s']:g}s -> {wd['to_s']:g}s"
+    return line + (f"; failed: {', '.join(failed)}" if failed else "")
 
 
 def to_junit(records: list[RunRecord], suite: str = "ktstr") -> str:

@@ -10,6 +10,14 @@ def test_defaults_are_ktstrs():
         "isolation": True,
         "max_gap_ms": 2000.0,
         "max_spread_pct": 15.0,
+        # the monitor's
+        "max_imbalance": 4.0,
+        "max_local_dsq": 50.0,
+        "rq_clock_stuck": True,
+        "max_runnable_wait_ms": True,  # half the sched_ext watchdog timeout
+        "max_idle_waiting_ms": 100.0,
+        "monitor_sustain": 5.0,
+        "sched_watchdog_s": 5.0,
     }
 
 

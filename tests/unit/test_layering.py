@@ -13,8 +13,37 @@ ALLOWED = {
     "protocol": set(),
     "guest": {"spec", "protocol"},
     "host": {"spec", "protocol", "errors"},
-    "evaluate": {"spec", "protocol", "errors"},
+    "inspect": set(),
+    "evaluate": {"spec", "protocol", "errors", "inspect"},
 }
+
+
+def ktstr_modules(path: Path) -> set[str]:
+    """Every ktstr module ``path`` imports, dotted."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ktstr."):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("ktstr."))
+    return out
+
+
+def test_evaluate_sees_only_the_plain_data_of_inspect():
+    """evaluate/ never touches drgn or guest memory: of inspect/ it may use
+    only the sample dataclasses."""
+    for path in (SRC / "evaluate").rglob("*.py"):
+        bad = {m for m in ktstr_modules(path) if m.startswith("ktstr.inspect")}
+        assert bad <= {"ktstr.inspect.sample"}, f"{path.name} imports {bad}"
+
+
+def test_drgn_is_imported_only_where_a_program_is_opened():
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(x == "drgn" or (x or "").startswith("drgn.") for x in names), path
 
 
 def ktstr_imports(path: Path) -> set[str]:

@@ -63,6 +63,19 @@ RECORDS = [
     ),
     record("needs_smt", (), Outcome(skip_reason="topology has no SMT")),
 ]
+MONITOR = {
+    "samples": 52, "hz": 10.0, "cpus": 4, "max_imbalance": 1.0, "max_local_dsq": 1,
+    "max_runnable_wait_ms": 34000.0, "longest_waiting": "python[67]",
+    "idle_while_waiting_ms": 3300.0,
+    "checks": {"rq_imbalance": "pass", "work_conservation": "fail"},
+    "watchdog": {"wrote": "scx_root->watchdog_timeout", "from_s": 30.0, "to_s": 5.0,
+                 "skipped": ""},
+}  # fmt: skip
+RECORDS[1] = dataclasses.replace(
+    RECORDS[1],
+    monitor=MONITOR,
+    monitor_view=("- 0.4s cpu0:python[66]/ext cpu1:idle; longest wait python[67] 34000ms on cpu1",),
+)
 
 
 def golden(name: str, text: str) -> None:

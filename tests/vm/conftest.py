@@ -63,3 +63,26 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
     assert os.listdir(tmp) == [], f"left behind in TMPDIR: {os.listdir(tmp)}"
     assert qemu_processes_mentioning(str(tmp)) == [], "QEMU still running"
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "kernels"
+
+
+@pytest.fixture(scope="session")
+def kernels(tmp_path_factory, kernel: Kernel) -> dict[str, Kernel]:
+    """Every shared test kernel (6.12 and 7.x), imported into a private cache
+    so the default kernel stays the default; keyed by major.minor."""
+    from ktstr.host.kernel import import_kernel, load_kernel
+
+    found = {".".join(kernel.version.split(".")[:2]): kernel}
+    root = tmp_path_factory.mktemp("kernels")
+    for src in sorted(SHARED.glob("linux-*")) if SHARED.is_dir() else []:
+        k = load_kernel(import_kernel(src, root=root))
+        found.setdefault(".".join(k.version.split(".")[:2]), k)
+    return found
+
+
+def kernel_for(kernels: dict[str, Kernel], series: str) -> Kernel:
+    if series not in kernels:
+        pytest.skip(f"host lacks a Linux {series} kernel (shared kernels: {SHARED})")
+    return kernels[series]

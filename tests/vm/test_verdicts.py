@@ -68,8 +68,8 @@ def test_passing_run_in_ktap_exits_0_and_keeps_only_the_sidecar(kernel, isolated
     assert p.returncode == 0, p.stdout + p.stderr
     assert assert_valid_ktap(p.stdout) == ["ok 1 steady", "ok 2 steady", "ok 3 cpuset_disjoint"]
     assert len(list(res.iterdir())) == 3  # one directory per scenario run, never shared
-    for run_dir in res.iterdir():
-        assert sorted(x.name for x in run_dir.iterdir()) == ["result.json"]
+    for run_dir in res.iterdir():  # no evidence kept, the monitor's samples are
+        assert sorted(x.name for x in run_dir.iterdir()) == ["monitor.json.gz", "result.json"]
 
 
 def test_scheduler_death_keeps_its_log_dump_and_reason(kernel, isolated):

@@ -8,6 +8,7 @@ take precedence: when the run itself broke, the worker checks say nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import statistics
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class RunData:
     #: Evidence the plan owed and did not get (reports, results, exit status):
     #: reported when the run did not already break for a clearer reason.
     completeness: tuple[Finding, ...] = ()
+    #: What the host's monitor saw in the guest kernel (evaluate/monitor.py):
+    #: failures, or, when the run broke anyway, its explanation (info).
+    monitor: tuple[Finding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +257,7 @@ def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> 
         )
     broken = bool(findings)
     findings += data.integrity
+    findings += [dataclasses.replace(f, cls="info") if broken else f for f in data.monitor]
     if not broken:
         findings += data.completeness
         for group, c in zip(data.groups, stats.cgroups, strict=True):

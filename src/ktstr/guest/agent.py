@@ -31,6 +31,7 @@ from ktstr.protocol.messages import (
     Crash,
     Encoder,
     Exit,
+    KernAddrs,
     Lifecycle,
     MessageKind,
     SnapshotReply,
@@ -142,6 +143,16 @@ def own_paths() -> list[str]:
     """Host paths this agent runs from (interpreter, prefixes, package root)."""
     paths = [sys.executable, sys.prefix, sys.base_prefix, os.path.realpath(sys.executable)]
     return [*paths, str(Path(__file__).resolve().parents[2])]
+
+
+def kern_addrs() -> KernAddrs | None:
+    """Where this kernel's vmcoreinfo note is, for the host's inspection
+    (``/sys/kernel/vmcoreinfo``: physical address and size, in hex)."""
+    try:
+        phys, size = _read("/sys/kernel/vmcoreinfo").split()[:2]
+        return KernAddrs(vmcoreinfo_phys=int(phys, 16), vmcoreinfo_size=int(size, 16))
+    except (ValueError, OSError):
+        return None
 
 
 def open_port() -> BinaryIO:
@@ -267,6 +278,9 @@ def main() -> None:
         private_tmp(own_paths() + [str(p) for p in job.get("host_paths", [])])
         port = Port(open_port())
         port.send(port.enc.sys_ready())
+        addrs = kern_addrs()
+        if addrs is not None:
+            port.send(port.enc.message(addrs))
         uptime = float(_read("/proc/uptime").split()[0])
         port.send(
             port.enc.message(

@@ -53,6 +53,10 @@ class VmSpec:
     cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
     #: Where the unix sockets go; None = run_dir (sun_path holds 108 bytes).
     socket_dir: Path | None = None
+    #: Guest RAM as shared files the host maps to read guest memory live.
+    share_memory: bool = False
+    #: Where those files are, ``<memory_dir>/node<N>`` (the Vm fills it in).
+    memory_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.memory_mb < 0:
@@ -105,11 +109,21 @@ def _smp(topo: Topology) -> str:
     )
 
 
-def _numa(topo: Topology, memory_mb: int) -> list[str]:
+def memory_backend(node: int, size_mb: int, memory_dir: Path | None) -> str:
+    """One node's RAM: anonymous, or a shared file the host can map."""
+    if memory_dir is None:
+        return f"memory-backend-ram,id=mem{node},size={size_mb}M"
+    return (
+        f"memory-backend-file,id=mem{node},size={size_mb}M,"
+        f"mem-path={memory_dir / f'node{node}'},share=on"
+    )
+
+
+def _numa(topo: Topology, memory_mb: int, memory_dir: Path | None = None) -> list[str]:
     per_node = memory_mb // topo.numa_nodes
     argv: list[str] = []
     for node in range(topo.numa_nodes):
-        argv += ["-object", f"memory-backend-ram,id=mem{node},size={per_node}M"]
+        argv += ["-object", memory_backend(node, per_node, memory_dir)]
         cpus = topo.node_cpus(node)
         argv += ["-numa", f"node,nodeid={node},cpus={format_cpus(cpus)},memdev=mem{node}"]
     for src in range(topo.numa_nodes):
@@ -146,7 +160,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-cpu", cpu,
         "-smp", _smp(topo),
         "-m", f"{mem}M",
-        *_numa(topo, mem),
+        *_numa(topo, mem, spec.memory_dir),
         "-kernel", str(spec.kernel),
         "-append", kernel_cmdline(spec),
         "-chardev", "stdio,id=con0,signal=off",

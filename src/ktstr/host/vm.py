@@ -54,6 +54,26 @@ def _die_with_parent_prefix() -> list[str]:
 SOCKET_DIR_MAX = 90
 
 
+def sweep_stale_memory() -> None:
+    """Remove guest RAM files a SIGKILLed ktstr left behind (its pid is gone)."""
+    base = Path(shm_dir() or tempfile.gettempdir())
+    for d in base.glob("ktstr-mem-*"):
+        try:
+            pid = int((d / "owner").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
+def shm_dir() -> str | None:
+    """Where guest RAM files go: tmpfs (/dev/shm) when there is one, so the
+    guest's memory never touches a disk; else the default temp dir."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 class VmState(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -87,6 +107,8 @@ class Vm:
         self.launched_at = 0.0
         self._listener: socket.socket | None = None
         self._socket_dir: Path | None = None
+        #: Guest RAM files (spec.share_memory), removed on close.
+        self.memory_dir: Path | None = None
         self._stderr_file: Any = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -96,8 +118,15 @@ class Vm:
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"ktstr-{self.name[:16]}-"))
         if len(str(self.run_dir)) > SOCKET_DIR_MAX:  # a long $TMPDIR
             self._socket_dir = Path(tempfile.mkdtemp(prefix="ktstr-", dir="/tmp"))
+        if self._spec_template.share_memory:
+            sweep_stale_memory()
+            self.memory_dir = Path(tempfile.mkdtemp(prefix="ktstr-mem-", dir=shm_dir()))
+            (self.memory_dir / "owner").write_text(str(os.getpid()))
         self.spec = dataclasses.replace(
-            self._spec_template, run_dir=self.run_dir, socket_dir=self._socket_dir
+            self._spec_template,
+            run_dir=self.run_dir,
+            socket_dir=self._socket_dir,
+            memory_dir=self.memory_dir,
         )
         self.spec.share_dir.mkdir()
         (self.spec.share_dir / "job.json").write_text(json.dumps(self.job))
@@ -226,6 +255,8 @@ class Vm:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
+            if self.memory_dir is not None:
+                shutil.rmtree(self.memory_dir, ignore_errors=True)
             self.state = VmState.CLOSED
 
     def _keep_evidence(self, run_dir: Path) -> Path | None:

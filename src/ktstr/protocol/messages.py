@@ -107,11 +107,10 @@ class KernAddrs(JsonPayload):
     """Where the guest kernel lives: what host-side inspection needs."""
 
     KIND = MessageKind.KERN_ADDRS
-    #: Guest physical address and size of the vmcoreinfo note.
-    vmcoreinfo_phys: int = _f(0, lo=0, hi=_U64)
-    vmcoreinfo_size: int = _f(0, lo=0, hi=1 << 20)
-    kaslr_offset: int = _f(0, lo=0, hi=_U64)
-    phys_base: int = _f(0, lo=0, hi=_U64)
+    #: Guest physical address and size of the vmcoreinfo note; the host reads
+    #: the note itself (KERNELOFFSET, phys_base, ...) and checks it.
+    vmcoreinfo_phys: int = _f(lo=0, hi=_U64)
+    vmcoreinfo_size: int = _f(lo=0, hi=1 << 20)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,8 @@
 plans the watchdog, judges the run and writes ``result.json``.
 """
 
-from ktstr.runner.guest import BootRequest, GuestRun, prepare, run_guest
+from ktstr.runner.boot import BootRequest, GuestRun, prepare
+from ktstr.runner.guest import run_guest
 from ktstr.runner.judge import (
     SchedulerRun,
     execute,

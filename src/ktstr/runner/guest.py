@@ -1,4 +1,4 @@
-"""Boot a VM for a job and drive it: prepare -> boot -> frames -> GuestRun.
+"""Boot a VM for a job and drive it: boot -> frames -> GuestRun.
 
 Every frame goes through ``protocol.evidence.Collector`` (decoded once,
 typed, bounded) and then the coordinator, whose actions (freeze and capture,
@@ -12,21 +12,16 @@ import dataclasses
 import logging
 import queue
 import signal
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import ktstr
 from ktstr.errors import (
-    AgentCrashError,
     BootTimeoutError,
     GuestLostError,
     GuestPanicError,
     QemuAbortError,
-    TopologyError,
     VmError,
 )
 from ktstr.host.capped import TEXT_CAP, CappedFile
@@ -39,189 +34,22 @@ from ktstr.host.coordinator import (
     Ready,
     Refuse,
     TimeoutKind,
-    Watch,
 )
-from ktstr.host.kernel import Kernel, check_kernel, kernel_in_use
-from ktstr.host.qemu import AccelChoice, QemuInfo, choose_accel, find_qemu
-from ktstr.host.qemu_argv import Accel, VmSpec
+from ktstr.host.kernel import kernel_in_use
 from ktstr.host.vm import Vm
-from ktstr.protocol.evidence import Collector, Evidence
-from ktstr.protocol.frames import DecoderStats, encode_frame
+from ktstr.protocol.frames import encode_frame
 from ktstr.protocol.messages import (
     TEXT_KINDS,
     Lifecycle,
     MessageKind,
-    SchedExit,
     SnapshotReply,
-    Stimulus,
-    TestResult,
-    WorkerReport,
 )
-from ktstr.spec.topology import Topology
+from ktstr.runner.boot import BootRequest, GuestRun, prepare
+from ktstr.runner.monitoring import MonitorRun
 
 log = logging.getLogger(__name__)
 
 TextSink = Callable[[MessageKind, str], None]
-
-#: Slack after a scenario's planned length before the host calls it a stall,
-#: and the time the guest has after ScenarioEnd (stop workers, send reports).
-WORKLOAD_GRACE = 30.0
-TEARDOWN_GRACE = 60.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BootRequest:
-    kernel: Kernel
-    topology: Topology
-    job: dict[str, Any]
-    accel: str | None = None
-    memory_mb: int = 0
-    boot_timeout: float = 120.0
-    #: SysReady -> the first scenario (scheduler attach) or -> Exit.
-    ready_timeout: float = 300.0
-    #: The host's planned length of one scenario (the watchdog's, not the guest's).
-    scenario_s: float = 0.0
-    #: Launch -> end of run, absolute; no frame extends it.
-    hard_cap: float = float("inf")
-    interactive: bool = False
-    #: Extra kernel command line parameters (appended last, so they win).
-    cmdline_extra: tuple[str, ...] = ()
-    #: Periodic freeze-and-capture points within 10-90 % of the workload.
-    num_snapshots: int = 0
-    name: str = "vm"
-
-    def watch(self) -> Watch:
-        return Watch(
-            boot_timeout=self.boot_timeout,
-            # a shell lasts as long as the person typing in it
-            ready_timeout=float("inf") if self.interactive else self.ready_timeout,
-            scenario_s=self.scenario_s,
-            workload_grace=WORKLOAD_GRACE,
-            teardown_grace=TEARDOWN_GRACE,
-            hard_cap=self.hard_cap,
-        )
-
-
-@dataclass(slots=True)
-class Timings:
-    """Host monotonic seconds relative to QEMU launch."""
-
-    kernel_start: float | None = None  # estimated from the guest's uptime at ready
-    ready: float | None = None
-    exit_frame: float | None = None
-    qemu_exit: float | None = None
-
-
-@dataclass(slots=True)
-class GuestRun:
-    accel: AccelChoice
-    qemu: QemuInfo
-    collector: Collector = field(default_factory=Collector)
-    exit_code: int | None = None
-    snapshots: list[dict[str, Any]] = field(default_factory=list)
-    #: The frame decoder's counters (crc_errors, truncated, ... > 0 = damage).
-    decoder: DecoderStats = field(default_factory=DecoderStats)
-    artifacts: Path | None = None
-    timings: Timings = field(default_factory=Timings)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def evidence(self) -> Evidence:
-        return self.collector.evidence
-
-    @property
-    def results(self) -> list[TestResult]:
-        return self.evidence.results
-
-    def result(self, name: str) -> TestResult | None:
-        return next((r for r in self.results if r.name == name), None)
-
-    @property
-    def sched_exit(self) -> SchedExit | None:
-        return self.evidence.sched_exit
-
-    @property
-    def lifecycle(self) -> list[Lifecycle]:
-        return [lc for _, lc in self.evidence.lifecycle]
-
-    @property
-    def worker_reports(self) -> list[WorkerReport]:
-        return [r for s in self.evidence.scenarios for r in s.reports]
-
-    @property
-    def stimuli(self) -> list[Stimulus]:
-        return [x for s in self.evidence.scenarios for x in s.stimuli]
-
-    @property
-    def sched_log(self) -> str:
-        return self.evidence.sched_log_tail()
-
-    def raise_for_crash(self) -> None:
-        """For jobs without a verdict: the agent's crash as an error."""
-        crash = self.evidence.crash
-        if crash is not None:
-            raise AgentCrashError(
-                f"guest agent crashed: {crash.error}", traceback_text=crash.traceback
-            )
-
-
-_ACCEL_MEMO: dict[tuple[str, str, str | None], AccelChoice] = {}
-
-
-def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]:
-    """Validate everything before anything is started."""
-    warnings = check_kernel(req.kernel)
-    nr = req.kernel.nr_cpus
-    if nr is not None and req.topology.cpus > nr:
-        raise TopologyError(
-            f"topology {req.topology} needs {req.topology.cpus} CPUs but kernel "
-            f"{req.kernel.version} was built with CONFIG_NR_CPUS={nr}",
-            hint="pick a smaller topology or build a kernel with 'ktstr kernel build'",
-        )
-    qemu = find_qemu()
-    key = (qemu.binary, str(req.kernel.image), req.accel)
-    if key not in _ACCEL_MEMO:
-        _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
-    accel = _ACCEL_MEMO[key]
-    if "scheduler" in req.job and accel.accel is Accel.TCG and accel.tcg_multithread:
-        # sched_ext enable/disable flips static keys (int3-based text patching);
-        # multi-threaded TCG still races with that on QEMU 10.0 ("Oops: int3"
-        # in sched_tick seen here), so scheduler runs get one TCG thread.
-        accel = dataclasses.replace(
-            accel,
-            tcg_multithread=False,
-            reason=accel.reason + "; single-threaded: a sched_ext scheduler is loaded",
-        )
-    agent_init = _agent_init()
-    spec = VmSpec(
-        kernel=req.kernel.image,
-        topology=req.topology,
-        run_dir=Path("/nonexistent"),  # the Vm fills in its own run dir
-        init=agent_init[0],
-        qemu=qemu.binary,
-        qemu_version=qemu.version,
-        accel=accel.accel,
-        tcg_multithread=accel.tcg_multithread,
-        memory_mb=req.memory_mb,
-        interactive=req.interactive,
-        cmdline_extra=(*agent_init[1], *req.cmdline_extra),
-    )
-    return spec, accel, qemu, warnings
-
-
-def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The guest's init argv and extra kernel parameters to start the agent.
-
-    Unknown KEY=value kernel parameters reach init as environment variables.
-    The agent needs only the stdlib and this package, so it skips ``site``
-    (measurably faster under TCG) unless the path cannot travel on the
-    kernel command line (whitespace).
-    """
-    pkg_parent = str(Path(ktstr.__file__).parent.parent)
-    if any(c.isspace() for c in pkg_parent + sys.executable):
-        return (sys.executable, "-m", "ktstr.guest.agent"), ()
-    return (sys.executable, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
-
 
 #: QEMU 10's multi-threaded TCG very rarely aborts in early boot (an
 #: iotlb_to_section assertion, ~1 in 100 boots here). Nothing of the job ran
@@ -309,6 +137,8 @@ class _TextFiles:
 def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) -> None:
     assert vm.run_dir is not None
     texts = _TextFiles(vm.run_dir, on_text)
+    if req.monitor is not None:
+        out.monitor = MonitorRun(req.monitor)
     try:
         _pump_frames(vm, req, out, texts)
     except _RunEnded:
@@ -317,6 +147,10 @@ def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) ->
         out.timings.qemu_exit = time.monotonic() - vm.launched_at
     finally:
         out.warnings += texts.close()
+        if out.monitor is not None:  # before the VM's RAM files go
+            out.monitor.stop()
+            if out.monitor.note:
+                out.warnings.append(out.monitor.note)
 
 
 def _accept(out: GuestRun, texts: _TextFiles, frame: Any, rel: float) -> Any:
@@ -328,7 +162,20 @@ def _accept(out: GuestRun, texts: _TextFiles, frame: Any, rel: float) -> Any:
         uptime = lc.detail.get("uptime_s") if isinstance(lc.detail, dict) else None
         if lc.phase == "ready" and isinstance(uptime, int | float) and not isinstance(uptime, bool):
             out.timings.kernel_start = rel - float(uptime)
+        if lc.phase == "scheduler_attached" and out.monitor is not None:
+            out.monitor.scheduler_attached()
     return item
+
+
+def _inspect(vm: Vm, req: BootRequest, out: GuestRun, item: Any) -> None:
+    """The guest said where its kernel is: start watching it; a scenario
+    started: tell the monitor its cpusets."""
+    if item is None or out.monitor is None:
+        return
+    if item[0] is MessageKind.KERN_ADDRS:
+        out.monitor.start(req.kernel, vm.memory_dir, item[1], vm.launched_at)
+    elif item[0] is MessageKind.SCENARIO_START:
+        out.monitor.scenario(item[1].plan, tuple(range(req.topology.cpus)))
 
 
 def _drain(vm: Vm, out: GuestRun, texts: _TextFiles, limit: int = 10_000) -> None:
@@ -370,6 +217,7 @@ def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, texts: _TextFiles) -> 
             break
         now = time.monotonic()
         item = _accept(out, texts, frame, now - t0)
+        _inspect(vm, req, out, item)
         for action in coord.handle(item, now):
             _act(vm, out, action, now=now, wl=coord.workload_time(now))
         if coord.state.exit_code is not None:

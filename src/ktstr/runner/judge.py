@@ -27,21 +27,17 @@ from ktstr.errors import (
     VmError,
 )
 from ktstr.evaluate.account import Expectation, run_data
-from ktstr.evaluate.verdict import Outcome, Status, Verdict, evaluate
+from ktstr.evaluate.monitor import MonitorJudge, explain
+from ktstr.evaluate.verdict import Finding, Outcome, Status, Verdict, evaluate
 from ktstr.host.kernel import Kernel
 from ktstr.host.qemu_argv import Accel
 from ktstr.host.results import remove_if_unfinished, write_private
 from ktstr.protocol.evidence import Evidence
 from ktstr.report import RunRecord, write_sidecar
-from ktstr.runner.guest import (
-    TEARDOWN_GRACE,
-    WORKLOAD_GRACE,
-    BootRequest,
-    GuestRun,
-    prepare,
-    run_guest,
-)
-from ktstr.spec.checks import Thresholds, timing_scale
+from ktstr.runner.boot import TEARDOWN_GRACE, WORKLOAD_GRACE, BootRequest, GuestRun, prepare
+from ktstr.runner.guest import run_guest
+from ktstr.runner.monitoring import plan_monitor
+from ktstr.spec.checks import Thresholds, scaled, timing_scale
 from ktstr.spec.scenario import Plan
 from ktstr.spec.serde import to_data
 
@@ -143,6 +139,24 @@ def run_scenario(
     return run_guest(scenario_request(req, plan, scheduler), **kw)
 
 
+def monitor_findings(judge: MonitorJudge) -> tuple[Finding, ...]:
+    return tuple(
+        Finding(f.check, "fail", f"monitor: {f.message}", {"at_s": round(f.at_s, 3), **f.evidence})
+        for f in judge.findings.values()
+    )
+
+
+def _monitor_view(run: GuestRun | None) -> tuple[str, ...]:
+    """The monitor's last seconds before the run ended (or the scheduler died)."""
+    if run is None or run.monitor is None or run.monitor.result is None:
+        return ()
+    recent = run.monitor.result.recent
+    if not recent:
+        return ()
+    until = run.evidence.sched_exit_at or recent[-1].t
+    return tuple(explain(recent, until))
+
+
 def _failure_outcome(exc: VmError) -> Outcome:
     if isinstance(exc, GuestPanicError):
         return Outcome(guest_crash=exc.message.removeprefix("guest kernel crashed: "))
@@ -171,13 +185,23 @@ def execute_job(
     results_dir: Path,
     test: str,
     scenario: str,
+    monitor_hz: float | None = 10.0,
 ) -> RunRecord:
-    """Boot ``req.job`` in one VM and judge it: writes ``results_dir/result.json``.
+    """Boot ``req.job`` in one VM and judge it: writes ``results_dir/result.json``
+    (and the monitor's samples, ``monitor.json.gz``, unless ``monitor_hz`` is None).
 
     Infrastructure errors (QEMU cannot start, the guest never boots) raise;
     everything that happens to the guest once it ran is a finding."""
     try:
-        return _execute_job(req, expect, scheduler, thresholds, results_dir, names=(test, scenario))
+        return _execute_job(
+            req,
+            expect,
+            scheduler,
+            thresholds,
+            results_dir,
+            names=(test, scenario),
+            monitor_hz=monitor_hz,
+        )
     except KeyboardInterrupt:
         remove_if_unfinished(results_dir)
         raise
@@ -195,20 +219,26 @@ def _execute_job(
     results_dir: Path,
     *,
     names: tuple[str, str],
+    monitor_hz: float | None,
 ) -> RunRecord:
     test, scenario = names
     _, accel, qemu, _ = prepare(req)
     # One TCG thread runs every vCPU: the VM effectively has one host CPU.
     host_cpus = 1 if accel.accel is Accel.TCG and not accel.tcg_multithread else os.cpu_count()
     scale = timing_scale(accel.accel is Accel.TCG, req.topology.cpus, host_cpus or 1)
+    if monitor_hz:
+        req = dataclasses.replace(req, monitor=plan_monitor(scaled(thresholds, scale), monitor_hz))
 
-    def judge(ev: Evidence, host: Outcome) -> Verdict:
-        return evaluate(run_data(ev, expect, host), thresholds, scale)
+    def judge(run: GuestRun | None, host: Outcome) -> Verdict:
+        data = run_data(run.evidence if run else Evidence(), expect, host)
+        if run is not None and run.monitor is not None and run.monitor.judge is not None:
+            data = dataclasses.replace(data, monitor=monitor_findings(run.monitor.judge))
+        return evaluate(data, thresholds, scale)
 
     verdicts: list[Verdict] = []
 
     def failed(run: GuestRun) -> bool:
-        verdicts.append(judge(run.evidence, Outcome()))
+        verdicts.append(judge(run, Outcome()))
         return verdicts[-1].status is Status.FAIL
 
     t0, started = time.monotonic(), time.time()
@@ -218,7 +248,7 @@ def _execute_job(
         verdict, artifacts = verdicts[-1], run.artifacts
     except (GuestPanicError, GuestLostError) as exc:
         run = exc.partial if isinstance(exc.partial, GuestRun) else None
-        verdict = judge(run.evidence if run else Evidence(), _failure_outcome(exc))
+        verdict = judge(run, _failure_outcome(exc))
         artifacts = exc.artifacts
     rec = RunRecord(
         test=test,
@@ -244,7 +274,12 @@ def _execute_job(
         artifacts=str(artifacts) if artifacts else None,
         sched_log_tail=run.sched_log[-4000:] if run else "",
         notes=tuple(run.warnings) if run else (),
+        monitor=run.monitor.summary() if run and run.monitor else None,
+        monitor_view=_monitor_view(run),
     )
+    if run is not None and run.monitor is not None and run.monitor.series:
+        results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run.monitor.write_series(results_dir / "monitor.json.gz")
     if run is not None and run.snapshots:
         write_private(results_dir / "snapshots.json", json.dumps(run.snapshots, indent=1))
     write_sidecar(rec, results_dir)
@@ -259,6 +294,7 @@ def execute(
     results_dir: Path,
     *,
     test: str | None = None,
+    monitor_hz: float | None = 10.0,
 ) -> RunRecord:
     """One canned scenario in one VM, judged against the host's own plan."""
     expect = Expectation(
@@ -275,4 +311,5 @@ def execute(
         results_dir=results_dir,
         test=test or plan.scenario,
         scenario=plan.scenario,
+        monitor_hz=monitor_hz,
     )

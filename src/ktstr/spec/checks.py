@@ -40,10 +40,20 @@ class Thresholds:
     max_wake_cv: Value = None  # CV of wake latencies of a cgroup
     min_iteration_rate: Value = None  # iterations per second, every worker
     max_migration_ratio: Value = None  # migrations per iteration of a cgroup
+    # -- the host's monitor of the guest kernel (evaluate/monitor.py) --
+    max_imbalance: Value = None  # max/min nr_running over a cpuset's CPUs
+    max_local_dsq: Value = None  # tasks in one CPU's local DSQ
+    rq_clock_stuck: bool | None = None  # rq clock frozen on a busy CPU
+    max_runnable_wait_ms: Value = None  # on = half the sched_ext watchdog timeout
+    max_idle_waiting_ms: Value = None  # a CPU idle while a task allowed on it waits
+    monitor_sustain: Value = None  # consecutive samples a monitor condition must hold
+    sched_watchdog_s: Value = None  # sched_ext watchdog timeout ktstr sets after attach
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in AUTO_CHECKS and v is True:
+                continue
             if f.name in BOOL_CHECKS:
                 if v is not None and not isinstance(v, bool):
                     raise ConfigError(f"threshold {f.name} is on/off, got {v!r}")
@@ -102,12 +112,28 @@ class Thresholds:
         return cls(**kw)
 
 
-BOOL_CHECKS = frozenset({"not_starved", "isolation"})
-TIMING_MAX = ("max_gap_ms", "max_wake_p99_us")
+BOOL_CHECKS = frozenset({"not_starved", "isolation", "rq_clock_stuck"})
+#: Checks where ``on`` (True) means "the default for this run".
+AUTO_CHECKS = frozenset({"max_runnable_wait_ms"})
+TIMING_MAX = ("max_gap_ms", "max_wake_p99_us", "max_runnable_wait_ms", "max_idle_waiting_ms")
 TIMING_MIN = ("min_work_rate", "min_iteration_rate")
 
-#: ktstr's defaults: progress and isolation on, gaps up to 2 s, spread 15 %.
-DEFAULTS = Thresholds(not_starved=True, isolation=True, max_gap_ms=2000.0, max_spread_pct=15.0)
+#: ktstr's defaults: progress and isolation on, gaps up to 2 s, spread 15 %;
+#: the monitor's checks on, over 5 consecutive samples; sched_ext's watchdog
+#: shortened to 5 s.
+DEFAULTS = Thresholds(
+    not_starved=True,
+    isolation=True,
+    max_gap_ms=2000.0,
+    max_spread_pct=15.0,
+    max_imbalance=4.0,
+    max_local_dsq=50.0,
+    rq_clock_stuck=True,
+    max_runnable_wait_ms=True,
+    max_idle_waiting_ms=100.0,
+    monitor_sustain=5.0,
+    sched_watchdog_s=5.0,
+)
 
 
 def merge(*layers: Thresholds | None) -> Thresholds:
@@ -143,7 +169,7 @@ def scaled(t: Thresholds, scale: Scale) -> Thresholds:
     changes: dict[str, Any] = {}
     for name in TIMING_MAX:
         v = getattr(t, name)
-        if v not in (None, False):
+        if v not in (None, False, True):
             changes[name] = float(v) * scale.factor
     for name in TIMING_MIN:
         v = getattr(t, name)

@@ -175,3 +175,19 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
         )
         for w in ledger.workers.values()
     )
+
+
+def cpu_groups(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The CPU sets whose run queues a scheduler should keep balanced: every
+    effective cpuset a cgroup with workers had during ``plan`` (all CPUs for
+    a cgroup without one)."""
+    ledger = Ledger(all_cpus)
+    groups: set[tuple[int, ...]] = set()
+    t = 0.0
+    for step in plan.steps:
+        for k in range(step.loop_count + 1):
+            for op in step.ops:
+                ledger.apply(op, t + k * step.loop_interval_s)
+                groups.update(ledger.effective(w.cgroup) for w in ledger.running())
+        t += step.hold_s
+    return tuple(sorted(g for g in groups if len(g) > 1))

@@ -1,0 +1,228 @@
+"""``ktstr run`` and ``ktstr show-thresholds``: canned scenarios, judged."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ktstr.cli.args import add_vm_args, boot_request, count, finite
+from ktstr.errors import ConfigError
+from ktstr.evaluate.verdict import Status
+from ktstr.host import kernel as kern
+from ktstr.host.results import (
+    check_writable_dir,
+    check_writable_file,
+    new_run_dir,
+    results_root,
+    write_private,
+)
+from ktstr.report import to_junit, to_ktap, to_text
+from ktstr.runner import SchedulerRun, execute, scheduler_binary
+from ktstr.spec.catalog import SCENARIOS
+from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
+from ktstr.spec.scenario import Scenario, resolve
+from ktstr.spec.scheduler import Scheduler, load_scheduler
+from ktstr.spec.topology import Topology
+
+
+def _scheduler_def(args: argparse.Namespace) -> Scheduler | None:
+    """``--scheduler FILE.py:NAME`` names a Scheduler definition."""
+    value = getattr(args, "scheduler", None)
+    if not value or ":" not in value:
+        return None
+    return load_scheduler(value)
+
+
+def _chain(scenario: Scenario | None, args: argparse.Namespace) -> Thresholds:
+    """defaults -> scheduler definition -> scenario -> --threshold."""
+    sdef = _scheduler_def(args)
+    return merge(
+        DEFAULTS,
+        sdef.thresholds if sdef else None,
+        scenario.thresholds if scenario else None,
+        Thresholds.parse(args.threshold),
+    )
+
+
+def _check_outputs(args: argparse.Namespace) -> Path:
+    """Where results go, checked before any VM boots."""
+    root = Path(args.results) if args.results else results_root()
+    check_writable_dir(root, "--results" if args.results else "results directory")
+    if args.junit:
+        check_writable_file(Path(args.junit), "--junit")
+    return root
+
+
+def _scheduler_run(args: argparse.Namespace, kernel: kern.Kernel) -> SchedulerRun | None:
+    sdef = _scheduler_def(args)
+    if sdef is not None:
+        near = Path(args.scheduler.rsplit(":", 1)[0]).parent
+        return SchedulerRun(
+            binary=scheduler_binary(sdef.binary, kernel, near=near),
+            args=(*sdef.args, *args.sched_args),
+        )
+    if args.scheduler:
+        return SchedulerRun(
+            binary=scheduler_binary(args.scheduler, kernel), args=tuple(args.sched_args)
+        )
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    names = args.scenarios or ["steady"]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ConfigError(
+            f"unknown scenario(s): {', '.join(unknown)}", hint="'ktstr list' shows the catalog"
+        )
+    for n in names:
+        _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
+    root = _check_outputs(args)
+    base = dataclasses.replace(boot_request(args, {}, name="run"), num_snapshots=args.snapshots)
+    plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
+    sched = _scheduler_run(args, base.kernel)
+    label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
+    records = []
+    for plan in plans:
+        print(
+            f"== {plan.scenario}: {base.topology} ({base.topology.cpus} vCPUs), "
+            f"{plan.duration_s:g}s, {label}",
+            flush=True,
+            file=sys.stderr if args.ktap else sys.stdout,
+        )
+        out_dir = new_run_dir(root, f"{plan.scenario}-{base.topology}")
+        rec = execute(
+            dataclasses.replace(base, name=plan.scenario),
+            plan,
+            sched,
+            _chain(SCENARIOS[plan.scenario], args),
+            out_dir,
+            monitor_hz=None if args.no_monitor else args.monitor_hz,
+        )
+        records.append(rec)
+        if not args.ktap:
+            print(to_text(rec))
+            print(f"result: {out_dir / 'result.json'}", flush=True)
+    if args.ktap:
+        sys.stdout.write(to_ktap(records))
+    if args.junit:
+        write_private(Path(args.junit), to_junit(records))
+    failed = [r.test for r in records if r.status is Status.FAIL]
+    if failed and not args.ktap:
+        print(
+            f"{len(failed)} of {len(records)} failed; re-run one with: "
+            f"{_rerun_command(args, failed[0])}"
+        )
+    return 1 if failed else 0
+
+
+def _rerun_command(args: argparse.Namespace, scenario: str) -> str:
+    argv = ["ktstr", "run", scenario, "--topology", args.topology]
+    if args.kernel:
+        argv += ["--kernel", args.kernel]
+    if args.duration is not None:
+        argv += ["--duration", f"{args.duration:g}"]
+    for t in args.threshold:
+        argv += ["--threshold", t]
+    if args.scheduler:
+        argv += ["--scheduler", args.scheduler]
+        if args.sched_args:
+            argv += ["--", *args.sched_args]
+    return shlex.join(argv)
+
+
+def cmd_show_thresholds(args: argparse.Namespace) -> int:
+    scenario = None
+    if args.scenario:
+        scenario = SCENARIOS.get(args.scenario)
+        if scenario is None:
+            raise ConfigError(
+                f"unknown scenario {args.scenario!r}", hint="'ktstr list' shows the catalog"
+            )
+    chain = _chain(scenario, args)
+    tcg = timing_scale(True, Topology.parse(args.topology).cpus, os.cpu_count() or 1)
+    print(
+        f"thresholds for {args.scenario or 'any scenario'} (defaults -> scheduler -> "
+        "scenario -> --threshold):"
+    )
+    scaled_chain = scaled(chain, tcg)
+    for f in dataclasses.fields(Thresholds):
+        value = getattr(chain, f.name)
+        shown = "off" if value in (None, False) else value
+        extra = ""
+        if value not in (None, False, True) and getattr(scaled_chain, f.name) != value:
+            extra = f"   (under TCG here: {getattr(scaled_chain, f.name):g}; {tcg.reason})"
+        print(f"  {f.name:20} {shown}{extra}")
+    return 0
+
+
+def add_run_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="run scenarios in VMs (one VM each); -- ARGS go to the scheduler"
+    )
+    add_vm_args(p)
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: steady")
+    p.add_argument(
+        "--duration",
+        type=finite(),
+        default=None,
+        metavar="S",
+        help="workload seconds (default: the scenario's)",
+    )
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a check threshold (or NAME=off); repeatable",
+    )
+    p.add_argument(
+        "--results",
+        metavar="DIR",
+        help="results directory (default: $KTSTR_RESULTS or ~/.local/state/ktstr/results)",
+    )
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
+    p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")
+    p.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="do not watch the guest kernel from the host (run queues, sched_ext state)",
+    )
+    p.add_argument(
+        "--monitor-hz",
+        type=finite(),
+        default=10.0,
+        metavar="HZ",
+        help="monitor samples per second (default %(default)g)",
+    )
+    p.add_argument(
+        "--snapshots",
+        type=count(0, 64),
+        default=0,
+        metavar="N",
+        help="freeze the guest N times (10-90%% of the workload) and capture its "
+        "vCPU registers into snapshots.json",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="PATH|NAME|FILE.py:DEF",
+        help="scheduler binary (a path, or a name next to the kernel or on PATH), or a "
+        "Scheduler definition in a Python file; default: none (EEVDF)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show-thresholds", help="print the resolved check thresholds")
+    p.add_argument("scenario", nargs="?", metavar="SCENARIO")
+    p.add_argument("--topology", default="1n2l2c1t", help="for the TCG scaling shown")
+    p.add_argument(
+        "--scheduler",
+        metavar="FILE.py:NAME",
+        help="include this Scheduler definition's threshold layer",
+    )
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(func=cmd_show_thresholds)

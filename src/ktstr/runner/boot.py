@@ -1,0 +1,200 @@
+"""What a VM run is asked and what it returns: the boot request, the run's
+result, and ``prepare`` (everything checked before anything starts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ktstr
+from ktstr.errors import AgentCrashError, ConfigError, TopologyError
+from ktstr.host.coordinator import Watch
+from ktstr.host.kernel import Kernel, check_kernel
+from ktstr.host.qemu import AccelChoice, QemuInfo, choose_accel, find_qemu
+from ktstr.host.qemu_argv import Accel, VmSpec
+from ktstr.protocol.evidence import Collector, Evidence
+from ktstr.protocol.frames import DecoderStats
+from ktstr.protocol.messages import Lifecycle, SchedExit, Stimulus, TestResult, WorkerReport
+from ktstr.runner.monitoring import MonitorPlan, MonitorRun
+from ktstr.spec.topology import Topology
+
+#: Slack after a scenario's planned length before the host calls it a stall,
+#: and the time the guest has after ScenarioEnd (stop workers, send reports).
+WORKLOAD_GRACE = 30.0
+TEARDOWN_GRACE = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BootRequest:
+    kernel: Kernel
+    topology: Topology
+    job: dict[str, Any]
+    accel: str | None = None
+    memory_mb: int = 0
+    boot_timeout: float = 120.0
+    #: SysReady -> the first scenario (scheduler attach) or -> Exit.
+    ready_timeout: float = 300.0
+    #: The host's planned length of one scenario (the watchdog's, not the guest's).
+    scenario_s: float = 0.0
+    #: Launch -> end of run, absolute; no frame extends it.
+    hard_cap: float = float("inf")
+    interactive: bool = False
+    #: Extra kernel command line parameters (appended last, so they win).
+    cmdline_extra: tuple[str, ...] = ()
+    #: Periodic freeze-and-capture points within 10-90 % of the workload.
+    num_snapshots: int = 0
+    #: Guest RAM in shared files the host can read (the monitor, snapshots).
+    share_memory: bool = False
+    #: Watch the guest kernel from the host while it runs (implies shared RAM).
+    monitor: MonitorPlan | None = None
+    #: Boot the bzImage, whose decompressor randomizes the kernel's address
+    #: (a PVH boot of vmlinux, the default and faster under TCG, does not).
+    kaslr: bool = False
+    name: str = "vm"
+
+    def watch(self) -> Watch:
+        return Watch(
+            boot_timeout=self.boot_timeout,
+            # a shell lasts as long as the person typing in it
+            ready_timeout=float("inf") if self.interactive else self.ready_timeout,
+            scenario_s=self.scenario_s,
+            workload_grace=WORKLOAD_GRACE,
+            teardown_grace=TEARDOWN_GRACE,
+            hard_cap=self.hard_cap,
+        )
+
+
+@dataclass(slots=True)
+class Timings:
+    """Host monotonic seconds relative to QEMU launch."""
+
+    kernel_start: float | None = None  # estimated from the guest's uptime at ready
+    ready: float | None = None
+    exit_frame: float | None = None
+    qemu_exit: float | None = None
+
+
+@dataclass(slots=True)
+class GuestRun:
+    accel: AccelChoice
+    qemu: QemuInfo
+    collector: Collector = field(default_factory=Collector)
+    exit_code: int | None = None
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    #: The frame decoder's counters (crc_errors, truncated, ... > 0 = damage).
+    decoder: DecoderStats = field(default_factory=DecoderStats)
+    artifacts: Path | None = None
+    timings: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)
+    monitor: MonitorRun | None = None
+
+    @property
+    def evidence(self) -> Evidence:
+        return self.collector.evidence
+
+    @property
+    def results(self) -> list[TestResult]:
+        return self.evidence.results
+
+    def result(self, name: str) -> TestResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+    @property
+    def sched_exit(self) -> SchedExit | None:
+        return self.evidence.sched_exit
+
+    @property
+    def lifecycle(self) -> list[Lifecycle]:
+        return [lc for _, lc in self.evidence.lifecycle]
+
+    @property
+    def worker_reports(self) -> list[WorkerReport]:
+        return [r for s in self.evidence.scenarios for r in s.reports]
+
+    @property
+    def stimuli(self) -> list[Stimulus]:
+        return [x for s in self.evidence.scenarios for x in s.stimuli]
+
+    @property
+    def sched_log(self) -> str:
+        return self.evidence.sched_log_tail()
+
+    def raise_for_crash(self) -> None:
+        """For jobs without a verdict: the agent's crash as an error."""
+        crash = self.evidence.crash
+        if crash is not None:
+            raise AgentCrashError(
+                f"guest agent crashed: {crash.error}", traceback_text=crash.traceback
+            )
+
+
+_ACCEL_MEMO: dict[tuple[str, str, str | None], AccelChoice] = {}
+
+
+def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]:
+    """Validate everything before anything is started."""
+    warnings = check_kernel(req.kernel)
+    nr = req.kernel.nr_cpus
+    if nr is not None and req.topology.cpus > nr:
+        raise TopologyError(
+            f"topology {req.topology} needs {req.topology.cpus} CPUs but kernel "
+            f"{req.kernel.version} was built with CONFIG_NR_CPUS={nr}",
+            hint="pick a smaller topology or build a kernel with 'ktstr kernel build'",
+        )
+    qemu = find_qemu()
+    key = (qemu.binary, str(req.kernel.image), req.accel)
+    if key not in _ACCEL_MEMO:
+        _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
+    accel = _ACCEL_MEMO[key]
+    if "scheduler" in req.job and accel.accel is Accel.TCG and accel.tcg_multithread:
+        # sched_ext enable/disable flips static keys (int3-based text patching);
+        # multi-threaded TCG still races with that on QEMU 10.0 ("Oops: int3"
+        # in sched_tick seen here), so scheduler runs get one TCG thread.
+        accel = dataclasses.replace(
+            accel,
+            tcg_multithread=False,
+            reason=accel.reason + "; single-threaded: a sched_ext scheduler is loaded",
+        )
+    agent_init = _agent_init()
+    image = req.kernel.image
+    if req.kaslr:
+        image = req.kernel.directory / "bzImage"
+        if not image.is_file():
+            raise ConfigError(
+                f"--kaslr boots the bzImage, and {req.kernel.directory} has none",
+                hint="import or build the kernel with its bzImage",
+            )
+        if req.kernel.config.get("CONFIG_RANDOMIZE_BASE") != "y":
+            warnings.append("the kernel has no CONFIG_RANDOMIZE_BASE: it runs unrandomized")
+    spec = VmSpec(
+        kernel=image,
+        topology=req.topology,
+        run_dir=Path("/nonexistent"),  # the Vm fills in its own run dir
+        init=agent_init[0],
+        qemu=qemu.binary,
+        qemu_version=qemu.version,
+        accel=accel.accel,
+        tcg_multithread=accel.tcg_multithread,
+        memory_mb=req.memory_mb,
+        share_memory=req.share_memory or req.monitor is not None,
+        interactive=req.interactive,
+        cmdline_extra=(*agent_init[1], *req.cmdline_extra),
+    )
+    return spec, accel, qemu, warnings
+
+
+def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The guest's init argv and extra kernel parameters to start the agent.
+
+    Unknown KEY=value kernel parameters reach init as environment variables.
+    The agent needs only the stdlib and this package, so it skips ``site``
+    (measurably faster under TCG) unless the path cannot travel on the
+    kernel command line (whitespace).
+    """
+    pkg_parent = str(Path(ktstr.__file__).parent.parent)
+    if any(c.isspace() for c in pkg_parent + sys.executable):
+        return (sys.executable, "-m", "ktstr.guest.agent"), ()
+    return (sys.executable, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
