@@ -45,9 +45,10 @@ def test_snapshot_request_freezes_captures_and_replies(kernel, isolated):
     assert run.exit_code == 0
 
 
-def test_scheduler_runs_get_single_threaded_tcg(kernel, qemu):
-    """Multi-threaded TCG races with sched_ext's int3 text patching ("Oops:
-    int3" seen on QEMU 10.0): any job that loads a scheduler gets one thread."""
+def test_judged_runs_get_single_threaded_tcg(kernel, qemu):
+    """Multi-threaded TCG races with int3 text patching ("Oops: int3" seen on
+    QEMU 10.0 when a scheduler attaches, and under EEVDF when the first
+    cpuset flips its static key): judged jobs get one thread."""
     from ktstr.host.qemu_argv import Accel
     from ktstr.runner import prepare
 
@@ -66,3 +67,7 @@ def test_scheduler_runs_get_single_threaded_tcg(kernel, qemu):
     assert accel.accel is Accel.TCG and saccel.accel is Accel.TCG
     assert plain.tcg_multithread == (qemu.version >= (8, 1, 0))
     assert not sched.tcg_multithread and "scheduler is loaded" in saccel.reason
+    eevdf, eaccel, _, _ = prepare(
+        BootRequest(kernel=kernel, topology=topo, accel="tcg", job={"mode": "scenario"})
+    )
+    assert not eevdf.tcg_multithread and "cgroups flip static keys" in eaccel.reason

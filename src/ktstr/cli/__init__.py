@@ -90,8 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_further_signals() -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    interactive = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     sched_args: list[str] = []
     if "--" in argv:  # everything after -- belongs to the scheduler
@@ -110,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as exc:
+        if interactive:  # the real command: cleanup is done, another Ctrl-C changes nothing
+            _ignore_further_signals()
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         err: KtstrError = Interrupted(f"{what}; VMs stopped and temporary files removed")
         print(f"ktstr: {err}", file=sys.stderr)

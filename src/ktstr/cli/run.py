@@ -153,8 +153,10 @@ def cmd_show_thresholds(args: argparse.Namespace) -> int:
     scaled_chain = scaled(chain, tcg)
     for f in dataclasses.fields(Thresholds):
         value = getattr(chain, f.name)
-        shown = "off" if value in (None, False) else value
+        shown = "off" if value in (None, False) else "on" if value is True else value
         extra = ""
+        if f.name == "max_runnable_wait_ms" and value is True:
+            extra = "   (half the sched_ext watchdog timeout)"
         if value not in (None, False, True) and getattr(scaled_chain, f.name) != value:
             extra = f"   (under TCG here: {getattr(scaled_chain, f.name):g}; {tcg.reason})"
         print(f"  {f.name:20} {shown}{extra}")

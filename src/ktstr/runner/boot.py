@@ -149,14 +149,17 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
     if key not in _ACCEL_MEMO:
         _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
     accel = _ACCEL_MEMO[key]
-    if "scheduler" in req.job and accel.accel is Accel.TCG and accel.tcg_multithread:
-        # sched_ext enable/disable flips static keys (int3-based text patching);
-        # multi-threaded TCG still races with that on QEMU 10.0 ("Oops: int3"
-        # in sched_tick seen here), so scheduler runs get one TCG thread.
+    patches = "scheduler" in req.job or req.job.get("mode") in ("scenario", "test")
+    if patches and accel.accel is Accel.TCG and accel.tcg_multithread:
+        # Enabling a sched_ext scheduler, and creating the first cpuset, flip
+        # static keys (int3-based text patching); multi-threaded TCG still
+        # races with that on QEMU 10.0 ("Oops: int3" in sched_tick, and under
+        # EEVDF once cpusets appeared), so judged jobs get one TCG thread.
+        why = "a sched_ext scheduler is loaded" if "scheduler" in req.job else "cgroups"
         accel = dataclasses.replace(
             accel,
             tcg_multithread=False,
-            reason=accel.reason + "; single-threaded: a sched_ext scheduler is loaded",
+            reason=accel.reason + f"; single-threaded: {why} flip static keys",
         )
     agent_init = _agent_init()
     image = req.kernel.image
