@@ -13,7 +13,7 @@ def test_defaults_are_ktstrs():
         # the monitor's
         "max_imbalance": 4.0,
         "max_local_dsq": 50.0,
-        "rq_clock_stuck": True,
+        "max_rq_clock_lag_ms": 1000.0,
         "max_runnable_wait_ms": True,  # half the sched_ext watchdog timeout
         "max_idle_waiting_ms": 100.0,
         "monitor_sustain": 5.0,

@@ -168,20 +168,52 @@ def test_imbalance_must_be_sustained_and_is_judged_per_cpuset():
     j = feed(MonitorJudge(MonitorLimits(), ((0, 1, 2, 3),)), frames[:4])
     assert "rq_imbalance" not in j.findings  # 4 samples < 5
     j.add(frames[4])
-    assert j.findings["rq_imbalance"].evidence["nr_running"] == [6, 0, 0, 0]
+    assert j.findings["rq_imbalance"].evidence["load"] == [6, 0, 0, 0]
     split = feed(MonitorJudge(MonitorLimits(), ((0,), (1, 2, 3))), frames)  # cpu0 alone
     assert "rq_imbalance" not in split.findings
 
 
 def test_deep_local_queue_and_stuck_clock():
-    j = MonitorJudge(MonitorLimits(max_local_dsq=50))
-    for t in range(6):
-        j.add(sample(t / 10, [cpu(60, local=60, clock=5), cpu(1, clock=t)]))
+    j = MonitorJudge(MonitorLimits(max_local_dsq=50, max_rq_clock_lag_ms=300))
+    for t in range(10):  # cpu1's clock and jiffies move on, cpu0's stands
+        j.add(sample(t / 10, [cpu(60, local=60, clock=5), cpu(1, clock=t * 100_000_000)]))
     assert j.findings["local_dsq"].evidence == {"cpu": 0, "depth": 60}
-    assert j.findings["rq_clock_stuck"].evidence["cpu"] == 0  # busy, clock frozen at 5
-    idle = MonitorJudge(MonitorLimits())
-    feed(idle, [sample(t / 10, [cpu(0, idle=True, clock=5)]) for t in range(8)])
+    f = j.findings["rq_clock_stuck"]
+    assert f.evidence["cpu"] == 0 and f.evidence["lag_ms"] > 300  # busy, clock frozen at 5
+    idle = MonitorJudge(MonitorLimits(max_rq_clock_lag_ms=300))
+    feed(idle, [sample(t / 10, [cpu(0, idle=True, clock=5)]) for t in range(20)])
     assert "rq_clock_stuck" not in idle.findings  # an idle CPU's clock may stand still
+
+
+def test_a_guest_the_host_did_not_run_is_not_a_stuck_clock():
+    """Under TCG the host may not run a vCPU (or the whole guest) for a
+    while: clocks and jiffies stand together, then jump. Only a clock that
+    stands while the guest's time moves past the limit is a finding."""
+    j = MonitorJudge(MonitorLimits(max_rq_clock_lag_ms=300))
+    frozen = [cpu(1, clock=7), cpu(1, clock=9)]
+    for t in range(20):  # the host sampled for 2 s; the guest's time stood
+        j.add(Sample(t=t / 10, jiffies=500, cpus=tuple(frozen), scx=ScxState()))
+    assert "rq_clock_stuck" not in j.findings
+    short = MonitorJudge(MonitorLimits(max_rq_clock_lag_ms=300))
+    for t in range(10):  # cpu0 missed 200 ms of its 300 ms allowance, then ran
+        c0 = 5 if t < 3 else t * 100_000_000
+        short.add(sample(t / 10, [cpu(1, clock=c0), cpu(1, clock=t * 100_000_000)]))
+    assert "rq_clock_stuck" not in short.findings
+
+
+def test_sched_ext_imbalance_counts_what_is_committed_to_each_cpu():
+    """Under sched_ext a task in a shared DSQ counts on some rq's
+    nr_running but may run anywhere (scx_central queues everything from
+    cpu0): only the current task and the local DSQ are the CPU's own."""
+    central = [cpu(8), cpu(1), cpu(1), cpu(1)]  # 8 on cpu0's books, each running one
+    scx = ScxState(enable_state="SCX_ENABLED")
+    frames = [Sample(t=t / 10, jiffies=t * 100, cpus=tuple(central), scx=scx) for t in range(8)]
+    j = feed(MonitorJudge(MonitorLimits(), ((0, 1, 2, 3),)), frames)
+    assert "rq_imbalance" not in j.findings and j.max_imbalance == 1.0
+    piled = [cpu(8, local=7), cpu(1), cpu(1), cpu(1)]  # 7 queued on cpu0's local DSQ
+    frames = [Sample(t=t / 10, jiffies=t * 100, cpus=tuple(piled), scx=scx) for t in range(8)]
+    j = feed(MonitorJudge(MonitorLimits(), ((0, 1, 2, 3),)), frames)
+    assert j.findings["rq_imbalance"].evidence["load"] == [8, 1, 1, 1]
 
 
 def waiter(wait_ms, allowed=(0, 1), cpu_=0):

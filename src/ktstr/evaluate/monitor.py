@@ -5,10 +5,17 @@ condition to hold for ``sustain`` consecutive samples (one-sample noise is
 not a finding), and reports the first time it held, with the CPU(s), the
 time in the run and the sampled values:
 
-* ``rq_imbalance``: max / max(1, min) of ``nr_running`` over the CPUs of one
-  cpuset group above ``max_imbalance``;
+* ``rq_imbalance``: max / max(1, min) of the CPUs' load over the CPUs of
+  one cpuset group above ``max_imbalance``. The load is ``nr_running``
+  under the kernel's own classes; while a sched_ext scheduler is enabled it
+  is what is committed to the CPU (its current sched_ext task, its local
+  DSQ, and tasks of other classes), because a task waiting in a shared DSQ
+  is counted on some rq's ``scx.nr_running`` but may run on any CPU;
 * ``local_dsq``: a CPU's local DSQ deeper than ``max_local_dsq``;
-* ``rq_clock_stuck``: ``rq->clock`` not advancing on a CPU that is not idle;
+* ``rq_clock_stuck``: ``rq->clock`` standing still on a CPU that is not
+  idle while the guest's time moves on (jiffies, or other CPUs' clocks) for
+  longer than ``max_rq_clock_lag_ms``. When the whole guest stands (the
+  host did not run it, or it was paused) nothing is judged;
 * ``runnable_wait``: a runnable task waiting longer than
   ``max_runnable_wait_ms`` (default: half the sched_ext watchdog timeout), an
   early warning before the kernel's watchdog kills the scheduler;
@@ -36,7 +43,7 @@ class MonitorLimits:
 
     max_imbalance: float | None = 4.0
     max_local_dsq: float | None = 50.0
-    rq_clock_stuck: bool = True
+    max_rq_clock_lag_ms: float | None = 1000.0
     max_runnable_wait_ms: float | None = None
     max_idle_waiting_ms: float | None = 100.0
     sustain: int = 5
@@ -87,7 +94,10 @@ class MonitorJudge:
     findings: dict[str, MonitorFinding] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     _runs: dict[tuple[str, Any], _Run] = field(default_factory=dict)
-    _clocks: tuple[int, ...] = ()
+    #: Milliseconds per jiffy (the guest's CONFIG_HZ).
+    jiffy_ms: float = 1.0
+    #: Per CPU: (clock, jiffies, highest clock of any CPU) when it last moved.
+    _clocks: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     def _run(self, key: tuple[str, Any]) -> _Run:
         if key not in self._runs:
@@ -113,22 +123,25 @@ class MonitorJudge:
 
     def _imbalance(self, s: Sample) -> None:
         lim, n = self.limits, len(s.cpus)
+        scx = s.scx.enable_state == "SCX_ENABLED"
         for group in self.groups or (tuple(range(n)),):
-            nr = [s.cpus[c].nr_running for c in group if c < n]
-            if len(nr) < 2:
+            load = [_load(s.cpus[c], scx) for c in group if c < n]
+            if len(load) < 2:
                 continue
-            ratio = max(nr) / max(1, min(nr))
+            ratio = max(load) / max(1, min(load))
             self.max_imbalance = max(self.max_imbalance, ratio)
             over = lim.max_imbalance is not None and ratio > lim.max_imbalance
             run = self._run(("imbalance", group))
             if run.step(over, s.t) == lim.sustain:
+                what = "tasks committed (current, local DSQ)" if scx else "nr_running"
                 self._found(
                     "rq_imbalance",
                     f"run queues of cpus {_cpus(group)} unbalanced {ratio:.1f}x "
-                    f"(nr_running {nr}) for {lim.sustain} samples",
+                    f"({what} {load}) for {lim.sustain} samples",
                     run.since,
                     cpus=list(group),
-                    nr_running=nr,
+                    load=load,
+                    sched_ext=scx,
                 )
 
     def _local(self, s: Sample) -> None:
@@ -147,22 +160,28 @@ class MonitorJudge:
                 )
 
     def _clock(self, s: Sample) -> None:
-        clocks = tuple(c.clock for c in s.cpus)
-        if self._clocks and len(self._clocks) == len(clocks) and self.limits.rq_clock_stuck:
-            for cpu, c in enumerate(s.cpus):
-                stuck = c.clock == self._clocks[cpu] and not c.idle
-                run = self._run(("clock", cpu))
-                if run.step(stuck, s.t) == self.limits.sustain:
-                    self._found(
-                        "rq_clock_stuck",
-                        f"cpu{cpu}'s rq clock stood at {c.clock} while it ran "
-                        f"{c.curr_comm}[{c.curr_pid}]",
-                        run.since,
-                        cpu=cpu,
-                        clock=c.clock,
-                        task=f"{c.curr_comm}[{c.curr_pid}]",
-                    )
-        self._clocks = clocks
+        limit = self.limits.max_rq_clock_lag_ms
+        newest = max((c.clock for c in s.cpus), default=0)
+        for cpu, c in enumerate(s.cpus):
+            last = self._clocks.get(cpu)
+            if last is None or c.idle or c.clock != last[0]:
+                self._clocks[cpu] = (c.clock, s.jiffies, newest)
+                self._run(("clock", cpu)).step(False, s.t)
+                continue
+            lag_ms = max((s.jiffies - last[1]) * self.jiffy_ms, (newest - last[2]) / 1e6)
+            stuck = limit is not None and lag_ms > limit
+            run = self._run(("clock", cpu))
+            if run.step(stuck, s.t) == self.limits.sustain:
+                self._found(
+                    "rq_clock_stuck",
+                    f"cpu{cpu}'s rq clock stood at {c.clock} for {lag_ms:.0f}ms of guest "
+                    f"time while it ran {c.curr_comm}[{c.curr_pid}] (limit {limit:.0f}ms)",
+                    run.since,
+                    cpu=cpu,
+                    clock=c.clock,
+                    lag_ms=round(lag_ms, 1),
+                    task=f"{c.curr_comm}[{c.curr_pid}]",
+                )
 
     def _waits(self, s: Sample) -> None:
         lim = self.limits
@@ -235,13 +254,20 @@ class MonitorJudge:
         return {
             "rq_imbalance": lim.max_imbalance is not None,
             "local_dsq": lim.max_local_dsq is not None,
-            "rq_clock_stuck": lim.rq_clock_stuck,
+            "rq_clock_stuck": lim.max_rq_clock_lag_ms is not None,
             "runnable_wait": lim.max_runnable_wait_ms is not None,
             "work_conservation": lim.max_idle_waiting_ms is not None,
         }[name]
 
 
 CHECKS = ("rq_imbalance", "local_dsq", "rq_clock_stuck", "runnable_wait", "work_conservation")
+
+
+def _load(c: CpuState, scx: bool) -> int:
+    """What a CPU has to run (see ``rq_imbalance`` above)."""
+    if not scx:
+        return c.nr_running
+    return max(0, c.nr_running - c.scx_nr_running) + c.local_dsq + (c.curr_class == "ext")
 
 
 def _cpus(group: Iterable[int]) -> str:

@@ -53,7 +53,7 @@ def plan_monitor(t: Thresholds, hz: float = 10.0) -> MonitorPlan:
     limits = MonitorLimits(
         max_imbalance=_num(t.max_imbalance),
         max_local_dsq=_num(t.max_local_dsq),
-        rq_clock_stuck=bool(t.rq_clock_stuck),
+        max_rq_clock_lag_ms=_num(t.max_rq_clock_lag_ms),
         max_runnable_wait_ms=wait,
         max_idle_waiting_ms=_num(t.max_idle_waiting_ms),
         sustain=max(1, int(_num(t.monitor_sustain) or 5)),
@@ -105,7 +105,9 @@ class MonitorRun:
             vmcoreinfo=(addrs.vmcoreinfo_phys, addrs.vmcoreinfo_size),
             hz=self.plan.hz,
         )
-        self.judge = MonitorJudge(self.plan.limits, self.plan.groups)
+        self.judge = MonitorJudge(
+            self.plan.limits, self.plan.groups, jiffy_ms=1000.0 / config.config_hz
+        )
         self.started_at = time.monotonic() - t0
         self.monitor = Monitor(config, t0, self._keep)
         self.monitor.start()

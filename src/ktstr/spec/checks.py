@@ -43,7 +43,7 @@ class Thresholds:
     # -- the host's monitor of the guest kernel (evaluate/monitor.py) --
     max_imbalance: Value = None  # max/min nr_running over a cpuset's CPUs
     max_local_dsq: Value = None  # tasks in one CPU's local DSQ
-    rq_clock_stuck: bool | None = None  # rq clock frozen on a busy CPU
+    max_rq_clock_lag_ms: Value = None  # rq clock standing on a busy CPU while time moves
     max_runnable_wait_ms: Value = None  # on = half the sched_ext watchdog timeout
     max_idle_waiting_ms: Value = None  # a CPU idle while a task allowed on it waits
     monitor_sustain: Value = None  # consecutive samples a monitor condition must hold
@@ -112,10 +112,16 @@ class Thresholds:
         return cls(**kw)
 
 
-BOOL_CHECKS = frozenset({"not_starved", "isolation", "rq_clock_stuck"})
+BOOL_CHECKS = frozenset({"not_starved", "isolation"})
 #: Checks where ``on`` (True) means "the default for this run".
 AUTO_CHECKS = frozenset({"max_runnable_wait_ms"})
-TIMING_MAX = ("max_gap_ms", "max_wake_p99_us", "max_runnable_wait_ms", "max_idle_waiting_ms")
+TIMING_MAX = (
+    "max_gap_ms",
+    "max_wake_p99_us",
+    "max_runnable_wait_ms",
+    "max_idle_waiting_ms",
+    "max_rq_clock_lag_ms",
+)
 TIMING_MIN = ("min_work_rate", "min_iteration_rate")
 
 #: ktstr's defaults: progress and isolation on, gaps up to 2 s, spread 15 %;
@@ -128,7 +134,7 @@ DEFAULTS = Thresholds(
     max_spread_pct=15.0,
     max_imbalance=4.0,
     max_local_dsq=50.0,
-    rq_clock_stuck=True,
+    max_rq_clock_lag_ms=1000.0,
     max_runnable_wait_ms=True,
     max_idle_waiting_ms=100.0,
     monitor_sustain=5.0,
