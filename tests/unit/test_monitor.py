@@ -222,6 +222,15 @@ def waiter(wait_ms, allowed=(0, 1), cpu_=0):
     )
 
 
+def test_fresh_wakeups_on_an_idle_cpu_are_not_stranded_tasks():
+    """Ping-pong workers: at every sample some task was woken a millisecond
+    ago and sits queued for a CPU that is about to run it."""
+    j = MonitorJudge(MonitorLimits(max_idle_waiting_ms=100))
+    for t in range(30):
+        j.add(sample(t / 10, [cpu(1, clock=t), cpu(0, idle=True, clock=t)], (waiter(1.0),)))
+    assert "work_conservation" not in j.findings and j.max_idle_waiting_ms < 100
+
+
 def test_work_conservation_names_the_idle_cpu_and_the_waiting_task():
     j = MonitorJudge(MonitorLimits(max_idle_waiting_ms=100))
     for t in range(8):

@@ -20,7 +20,9 @@ time in the run and the sampled values:
   ``max_runnable_wait_ms`` (default: half the sched_ext watchdog timeout), an
   early warning before the kernel's watchdog kills the scheduler;
 * ``work_conservation``: a CPU idle while a task allowed on it waits in a
-  queue, for longer than ``max_idle_waiting_ms``.
+  queue, for longer than ``max_idle_waiting_ms``; the task's own wait must
+  span the idle stretch (tasks woken an instant before a sample are on
+  their way, not stranded).
 
 The last two read sched_ext's runnable lists, so they apply while a
 sched_ext scheduler is enabled.
@@ -209,8 +211,19 @@ class MonitorJudge:
     def _idle_waiting(self, s: Sample) -> None:
         lim = self.limits
         for cpu, c in enumerate(s.cpus):
-            victim = next((w for w in s.waiting if c.idle and cpu in w.allowed), None)
             run = self._run(("idle", cpu))
+            # The same wait must span the idle stretch: a task that was woken
+            # an instant ago (ping-pong) is on its way to the CPU, not stranded.
+            since_ms = (s.t - run.since) * 1000.0 if run.count else 0.0
+            victim = max(
+                (
+                    w
+                    for w in s.waiting
+                    if c.idle and cpu in w.allowed and w.wait_ms + WAIT_SLACK_MS >= since_ms
+                ),
+                key=lambda w: w.wait_ms,
+                default=None,
+            )
             if run.step(victim is not None, s.t) == 0 or victim is None:
                 continue
             held_ms = (s.t - run.since) * 1000.0
@@ -259,6 +272,9 @@ class MonitorJudge:
             "work_conservation": lim.max_idle_waiting_ms is not None,
         }[name]
 
+
+#: Jitter allowed between the host's sample times and the guest's jiffies.
+WAIT_SLACK_MS = 50.0
 
 CHECKS = ("rq_imbalance", "local_dsq", "rq_clock_stuck", "runnable_wait", "work_conservation")
 
