@@ -11,6 +11,7 @@ text; bitfields and enums by value and name.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = 16, 17, 18, 19
 _MODIFIERS = {TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG}
 #: Elements of one array rendered (the rest is counted).
 MAX_ELEMS = 256
+#: Nesting depth and values rendered per ``render`` call: a hostile BTF (a
+#: struct that contains itself, arrays of arrays) cannot exhaust the host.
+MAX_DEPTH = 32
+MAX_NODES = 200_000
 
 
 class BtfError(ValueError):
@@ -62,7 +67,9 @@ class Btf:
         self._strings = data[base + str_off : base + str_off + str_len]
         if len(self._strings) != str_len:
             raise BtfError("BTF string section truncated")
+        self.raw = bytes(data)
         self.types: list[Type] = [Type(kind=0, name="void")]
+        self._nodes = 0
         self._parse(data[base + type_off : base + type_off + type_len])
         self._by_name = {t.name: i for i, t in enumerate(self.types) if t.name}
 
@@ -75,7 +82,10 @@ class Btf:
         while pos < len(raw):
             if pos + _TYPE.size > len(raw):
                 raise BtfError("BTF type record truncated")
-            t, pos = self._one(raw, pos)
+            try:
+                t, pos = self._one(raw, pos)
+            except struct.error:
+                raise BtfError(f"BTF type {len(self.types)} truncated") from None
             self.types.append(t)
 
     def _one(self, raw: bytes, pos: int) -> tuple[Type, int]:
@@ -153,28 +163,45 @@ class Btf:
             type_id = t.ref
         raise BtfError("BTF reference loop")
 
-    def size(self, type_id: int) -> int:
+    def size(self, type_id: int, depth: int = 0) -> int:
+        if depth > MAX_DEPTH:
+            raise BtfError("BTF array nesting too deep")
         t = self.type(self.resolve(type_id))
         if t.kind == PTR:
             return 8
         if t.kind == ARRAY:
-            return t.nelems * self.size(t.ref)
+            return t.nelems * self.size(t.ref, depth + 1)
         return t.size
 
-    def type_name(self, type_id: int) -> str:
+    def type_name(self, type_id: int, depth: int = 0) -> str:
         t = self.type(type_id)
+        if depth > MAX_DEPTH:
+            return "..."
         if t.kind == PTR:
-            return self.type_name(t.ref) + " *"
+            return self.type_name(t.ref, depth + 1) + " *"
         if t.kind == ARRAY:
-            return f"{self.type_name(t.ref)}[{t.nelems}]"
+            return f"{self.type_name(t.ref, depth + 1)}[{t.nelems}]"
         prefix = {STRUCT: "struct ", UNION: "union ", ENUM: "enum "}.get(t.kind, "")
         if t.name:
             return prefix + t.name
-        return self.type_name(t.ref) if t.kind in _MODIFIERS else prefix + "<anon>"
+        if t.kind in _MODIFIERS or t.kind == VAR:
+            return self.type_name(t.ref, depth + 1)
+        return prefix + "<anon>"
 
     # -- rendering -------------------------------------------------------------
     def render(self, type_id: int, data: bytes, offset: int = 0) -> Any:
-        """The value of type ``type_id`` at ``data[offset:]`` as JSON."""
+        """The value of type ``type_id`` at ``data[offset:]`` as JSON; BtfError
+        when the data is short or the type is too deep or too large."""
+        self._nodes = 0
+        try:
+            return self._render(type_id, data, offset, 0)
+        except (struct.error, RecursionError) as exc:
+            raise BtfError(f"cannot render BTF type {type_id}: {exc}") from None
+
+    def _render(self, type_id: int, data: bytes, offset: int, depth: int) -> Any:
+        self._nodes += 1
+        if depth > MAX_DEPTH or self._nodes > MAX_NODES:
+            raise BtfError(f"BTF type {type_id}: value nested too deep or too large to render")
         tid = self.resolve(type_id)
         t = self.type(tid)
         if t.kind == INT:
@@ -186,14 +213,17 @@ class Btf:
             return f"{_int(data, offset, 8, False, False):#x}"
         if t.kind == FLOAT:
             fmt = {4: "<f", 8: "<d"}.get(t.size)
-            return struct.unpack_from(fmt, data, offset)[0] if fmt else None
+            if fmt is None:
+                return None
+            v = struct.unpack_from(fmt, data, offset)[0]
+            return v if math.isfinite(v) else repr(v)  # JSON has no NaN
         if t.kind == ARRAY:
-            return self._array(t, data, offset)
+            return self._array(t, data, offset, depth)
         if t.kind in (STRUCT, UNION, DATASEC):
-            return self._members(t, data, offset)
+            return self._members(t, data, offset, depth)
         return None  # FWD, FUNC, void: nothing to show
 
-    def _array(self, t: Type, data: bytes, offset: int) -> Any:
+    def _array(self, t: Type, data: bytes, offset: int, depth: int) -> Any:
         et = self.type(self.resolve(t.ref))
         esize = self.size(t.ref)
         if et.kind == INT and esize == 1 and (et.encoding & 2 or et.name in ("char", "u8", "s8")):
@@ -202,17 +232,17 @@ class Btf:
             if all(32 <= c < 127 for c in text) and (len(text) < len(raw) or not raw):
                 return text.decode()
         n = min(t.nelems, MAX_ELEMS)
-        out = [self.render(t.ref, data, offset + i * esize) for i in range(n)]
+        out = [self._render(t.ref, data, offset + i * esize, depth + 1) for i in range(n)]
         if t.nelems > n:
             out.append(f"... {t.nelems - n} more")
         return out
 
-    def _members(self, t: Type, data: bytes, offset: int) -> dict[str, Any]:
+    def _members(self, t: Type, data: bytes, offset: int, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for i, m in enumerate(t.members):
             name = m.name or f"<anon{i}>"
             if t.kind == DATASEC:
-                out[name] = self.render(m.type, data, offset + m.bit_offset // 8)
+                out[name] = self._render(m.type, data, offset + m.bit_offset // 8, depth + 1)
             elif m.bits:
                 word = int.from_bytes(
                     data[offset + m.bit_offset // 8 : offset + m.bit_offset // 8 + 8].ljust(
@@ -222,12 +252,74 @@ class Btf:
                 )
                 out[name] = (word >> (m.bit_offset % 8)) & ((1 << m.bits) - 1)
             else:
-                value = self.render(m.type, data, offset + m.bit_offset // 8)
+                value = self._render(m.type, data, offset + m.bit_offset // 8, depth + 1)
                 if not m.name and isinstance(value, dict):
                     out.update(value)  # anonymous struct/union: its members
                 else:
                     out[name] = value
         return out
+
+    # -- addressing (for writes) -------------------------------------------------
+    def member_path(self, type_id: int, path: list[str]) -> tuple[int, int]:
+        """(type id, byte offset) of ``path`` (member names, ``[i]`` indexes)
+        inside type ``type_id``; BtfError naming the part that is not there."""
+        offset = 0
+        for part in path:
+            t = self.type(self.resolve(type_id))
+            if part.startswith("["):
+                if t.kind != ARRAY:
+                    raise BtfError(f"{part}: {self.type_name(type_id)} is not an array")
+                i = int(part[1:-1])
+                if i >= t.nelems:
+                    raise BtfError(f"{part}: {self.type_name(type_id)} has {t.nelems} elements")
+                offset += i * self.size(t.ref)
+                type_id = t.ref
+                continue
+            if t.kind not in (STRUCT, UNION):
+                raise BtfError(f".{part}: {self.type_name(type_id)} has no members")
+            found = self._member(t, part)
+            if found is None:
+                names = ", ".join(m.name for m in t.members if m.name)[:300]
+                raise BtfError(f".{part}: not a member of {self.type_name(type_id)} ({names})")
+            m_type, m_off = found
+            type_id, offset = m_type, offset + m_off
+        return type_id, offset
+
+    def _member(self, t: Type, name: str) -> tuple[int, int] | None:
+        for m in t.members:
+            if m.bits:
+                continue  # bitfields are not addressable
+            if m.name == name:
+                return m.type, m.bit_offset // 8
+            inner = self.type(self.resolve(m.type))
+            if not m.name and inner.kind in (STRUCT, UNION):  # anonymous: look inside
+                found = self._member(inner, name)
+                if found is not None:
+                    return found[0], m.bit_offset // 8 + found[1]
+        return None
+
+    def encode_scalar(self, type_id: int, value: int) -> bytes:
+        """``value`` as the bytes of an integer, bool or enum type; BtfError
+        if the type is not one or the value does not fit."""
+        t = self.type(self.resolve(type_id))
+        if t.kind not in (INT, ENUM, ENUM64) or t.size not in (1, 2, 4, 8):
+            raise BtfError(f"{self.type_name(type_id)} is not an integer, bool or enum")
+        signed = bool(t.encoding & 1) if t.kind == INT else bool(t.encoding)
+        if t.kind == INT and t.encoding & 4:
+            signed = False
+            if value not in (0, 1):
+                raise BtfError(f"{value} is not a bool (0 or 1)")
+        lo, hi = (
+            (-(1 << (8 * t.size - 1)), (1 << (8 * t.size - 1)) - 1)
+            if signed
+            else (
+                0,
+                (1 << (8 * t.size)) - 1,
+            )
+        )
+        if not lo <= value <= hi:
+            raise BtfError(f"{value} does not fit {self.type_name(type_id)} ({lo}..{hi})")
+        return value.to_bytes(t.size, "little", signed=signed)
 
 
 def _int(data: bytes, offset: int, size: int, signed: bool, boolean: bool) -> int | bool:

@@ -16,11 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ktstr.inspect.layout import Layout, resolve
-from ktstr.inspect.memory import FaultError, GuestMemory
-from ktstr.inspect.program import InspectError, open_program, read_vmcoreinfo, release_matches
+from ktstr.inspect.attach import Attachment, Target, attach
+from ktstr.inspect.layout import Layout
+from ktstr.inspect.memory import FaultError
 from ktstr.inspect.reader import Reader
 from ktstr.inspect.sample import Sample
 from ktstr.inspect.sampler import Sampler
@@ -31,11 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MonitorConfig:
-    files: tuple[Path, ...]  # the VM's RAM files, node order
-    vmlinux: Path
-    version: str  # the booted kernel's, to check vmcoreinfo against
-    config_hz: int  # CONFIG_HZ
-    vmcoreinfo: tuple[int, int]  # guest physical address and size (from KernAddrs)
+    target: Target
     hz: float = 10.0
     #: Samples kept for explaining a failure (the last minute at 10 Hz).
     keep: int = 600
@@ -68,6 +63,9 @@ class Monitor:
         self._recent: collections.deque[Sample] = collections.deque(maxlen=config.keep)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ktstr-monitor", daemon=True)
+        #: Set once attaching finished (``attachment`` is then set, or it failed).
+        self.attached = threading.Event()
+        self.attachment: Attachment | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -82,37 +80,28 @@ class Monitor:
             return list(self._recent)
 
     def stop(self, timeout: float = 10.0) -> MonitorResult:
+        """Stop sampling and release the guest's memory (the snapshots that
+        share the attachment are done by then)."""
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(timeout)
         self.result.recent = self.recent()
+        if self.attachment is not None and not self._thread.is_alive():
+            self.attachment.close()
+            self.attachment = None
         return self.result
-
-    def _attach(self) -> tuple[GuestMemory, Sampler, Reader]:
-        c = self.config
-        mem = GuestMemory(list(c.files))
-        try:
-            info = read_vmcoreinfo(mem, *c.vmcoreinfo)
-            if not release_matches(info.release, c.version):
-                raise InspectError(
-                    f"the guest runs {info.release}, not the kernel {c.version} that was booted"
-                )
-            prog = open_program(mem, info, c.vmlinux)
-            phys_end = max(r.phys + r.size for r in mem.regions)
-            layout = resolve(prog, info, c.config_hz, phys_end)
-        except BaseException:
-            mem.close()
-            raise
-        reader = Reader(mem, layout)
-        self.result.layout = layout
-        return mem, Sampler(reader, layout), reader
 
     def _run(self) -> None:
         started = time.monotonic()
         cpu0, wall0 = time.thread_time(), started
-        mem = None
         try:
-            mem, sampler, reader = self._attach()
+            try:
+                self.attachment = attach(self.config.target)
+            finally:
+                self.attached.set()
+            reader = self.attachment.reader
+            self.result.layout = self.attachment.layout
+            sampler = Sampler(reader, self.attachment.layout)
             self.result.attach_s = time.monotonic() - started
             cpu0, wall0 = time.thread_time(), time.monotonic()
             period = 1.0 / self.config.hz
@@ -127,8 +116,6 @@ class Monitor:
         finally:
             self.result.cpu_s = time.thread_time() - cpu0
             self.result.wall_s = time.monotonic() - wall0
-            if mem is not None:
-                mem.close()
 
     def _tick(self, sampler: Sampler, reader: Reader, started: float) -> None:
         now = time.monotonic()

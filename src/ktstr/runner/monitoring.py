@@ -15,6 +15,7 @@ from typing import Any
 
 from ktstr.evaluate.monitor import MonitorJudge, MonitorLimits
 from ktstr.host.kernel import Kernel
+from ktstr.inspect.attach import Target
 from ktstr.inspect.monitor import Monitor, MonitorConfig, MonitorResult
 from ktstr.inspect.sample import Sample
 from ktstr.protocol.messages import KernAddrs
@@ -61,6 +62,16 @@ def plan_monitor(t: Thresholds, hz: float = 10.0) -> MonitorPlan:
     return MonitorPlan(hz=hz, watchdog_s=watchdog, limits=limits)
 
 
+def target(kernel: Kernel, memory_dir: Path, addrs: KernAddrs) -> Target:
+    return Target(
+        files=tuple(sorted(memory_dir.glob("node*"), key=lambda p: int(p.name[4:]))),
+        vmlinux=kernel.directory / "vmlinux",
+        version=kernel.version,
+        config_hz=int(kernel.config.get("CONFIG_HZ", "1000") or 1000),
+        vmcoreinfo=(addrs.vmcoreinfo_phys, addrs.vmcoreinfo_size),
+    )
+
+
 @dataclass(slots=True)
 class MonitorRun:
     """The monitor of one VM: its thread, its judge, and every sample kept
@@ -97,16 +108,9 @@ class MonitorRun:
                 else f"no vmlinux in {kernel.directory}"
             )
             return
-        config = MonitorConfig(
-            files=tuple(sorted(memory_dir.glob("node*"), key=lambda p: int(p.name[4:]))),
-            vmlinux=vmlinux,
-            version=kernel.version,
-            config_hz=int(kernel.config.get("CONFIG_HZ", "1000") or 1000),
-            vmcoreinfo=(addrs.vmcoreinfo_phys, addrs.vmcoreinfo_size),
-            hz=self.plan.hz,
-        )
+        config = MonitorConfig(target=target(kernel, memory_dir, addrs), hz=self.plan.hz)
         self.judge = MonitorJudge(
-            self.plan.limits, self.plan.groups, jiffy_ms=1000.0 / config.config_hz
+            self.plan.limits, self.plan.groups, jiffy_ms=1000.0 / config.target.config_hz
         )
         self.started_at = time.monotonic() - t0
         self.monitor = Monitor(config, t0, self._keep)
