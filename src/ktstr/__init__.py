@@ -27,10 +27,14 @@ _EXPORTS = {
     "Scheduler": "ktstr.spec.scheduler",
     "Flag": "ktstr.spec.scheduler",
     "Thresholds": "ktstr.spec.checks",
+    "HostRefused": "ktstr.errors",
+    "Snapshot": "ktstr.evaluate.snapshots",
 }
 
 if TYPE_CHECKING:
     from ktstr.authoring import ktstr_test
+    from ktstr.errors import HostRefused
+    from ktstr.evaluate.snapshots import Snapshot
     from ktstr.spec.checks import Thresholds
     from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
     from ktstr.spec.scheduler import Flag, Scheduler
@@ -55,10 +59,12 @@ __all__ = [
     "CpusetSpec",
     "Flag",
     "HoldSpec",
+    "HostRefused",
     "Op",
     "Scenario",
     "SchedPolicy",
     "Scheduler",
+    "Snapshot",
     "Step",
     "Thresholds",
     "Topology",

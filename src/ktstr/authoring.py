@@ -42,6 +42,9 @@ class TestSpec:
     timeout_s: float = 300.0
     #: Host environment variables the guest does not get (besides the defaults).
     env_exclude: tuple[str, ...] = ()
+    #: Called on the host after a passing run with its ``RunResult``: asserts
+    #: on scheduler state (``result.snapshots["name"].var(...)``).
+    after: Callable[[Any], None] | None = None
 
 
 def _topology(
@@ -74,6 +77,7 @@ def ktstr_test(
     memory_mb: int = 0,
     timeout: float = 300.0,
     env_exclude: tuple[str, ...] | list[str] = (),
+    after: Callable[[Any], None] | None = None,
     **options: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., None]]:
     """Declare a ktstr test. Extra keyword arguments are threshold overrides
@@ -117,6 +121,7 @@ def ktstr_test(
             memory_mb=memory_mb,
             timeout_s=timeout,
             env_exclude=tuple(env_exclude),
+            after=after,
         )
 
         def host_test(ktstr_case: Any) -> None:

@@ -48,6 +48,15 @@ class KconfigError(KernelError):
         self.missing = list(missing)
 
 
+class HostRefused(KtstrError):
+    """In the guest: the host refused a request of the test (a BPF write of
+    a ``.rodata`` variable, an unknown one); ``status`` is its errno."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class QemuError(KtstrError):
     """QEMU is missing, too old, or lacks a needed feature."""
 

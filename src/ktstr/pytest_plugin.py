@@ -15,6 +15,7 @@ skips those tests instead, each naming what the host lacks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,13 +27,14 @@ import pytest
 from ktstr.authoring import TestSpec
 from ktstr.errors import KtstrError
 from ktstr.evaluate.account import Expectation
+from ktstr.evaluate.snapshots import Snapshot, snapshots_of
 from ktstr.evaluate.verdict import Status
 from ktstr.host.kernel import Kernel, resolve_kernel
 from ktstr.host.qemu import find_qemu
 from ktstr.host.results import new_run_dir, results_root
 from ktstr.host.signals import terminate_like_interrupt
 from ktstr.host.slots import vcpu_slots
-from ktstr.report import to_text
+from ktstr.report import RunRecord, to_text
 from ktstr.runner import (
     BootRequest,
     SchedulerRun,
@@ -293,6 +295,18 @@ def run_case(spec: TestSpec, case: Case) -> None:
         pytest.fail(to_text(rec) + f"\nresult: {out / 'result.json'}", pytrace=False)
     if rec.status is Status.SKIP:
         pytest.skip(rec.verdict.findings[0].message)
+    if spec.after is not None:
+        spec.after(RunResult(record=rec, directory=out, snapshots=snapshots_of(out)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunResult:
+    """What ``@ktstr_test(after=...)`` gets: the run's record, its results
+    directory, and its snapshots by name."""
+
+    record: RunRecord
+    directory: Path
+    snapshots: dict[str, Snapshot]
 
 
 #: Host variables a guest must not inherit: temp and working directories that

@@ -41,6 +41,15 @@ class RunRecord:
     #: seconds before a failure.
     monitor: dict[str, Any] | None = None
     monitor_view: tuple[str, ...] = ()
+    #: Snapshots taken (each with its ``file`` in the results directory), the
+    #: one that explains a failure, the host's BPF writes, and the timeline.
+    snapshots: tuple[dict[str, Any], ...] = ()
+    explained_by: dict[str, Any] | None = None
+    bpf_writes: tuple[dict[str, Any], ...] = ()
+    timeline: tuple[dict[str, Any], ...] = ()
+
+    #: Where result.json and the snapshots are.
+    artifacts_dir: str | None = None
 
     @property
     def status(self) -> Status:
@@ -80,6 +89,10 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
         "artifacts": rec.artifacts,
         "notes": list(rec.notes),
         "monitor": rec.monitor,
+        "snapshots": list(rec.snapshots),
+        "explained_by": rec.explained_by["file"] if rec.explained_by else None,
+        "bpf_writes": list(rec.bpf_writes),
+        "timeline": list(rec.timeline),
     }
 
 
@@ -129,6 +142,11 @@ def to_text(rec: RunRecord) -> str:
         if dump:
             lines.append("scheduler dump (tail):")
             lines += [f"  | {ln}" for ln in dump[-20:]]
+    if v.status is Status.FAIL and rec.timeline:
+        lines.append("timeline (host seconds since launch):")
+        lines += [f"  | +{e['at_s']:7.3f}s {e['what']}" for e in rec.timeline[-20:]]
+    if rec.explained_by is not None:
+        lines.append(snapshot_line(rec.explained_by, rec.artifacts_dir))
     if rec.sched_log_tail.strip() and v.status is Status.FAIL:
         lines.append("scheduler output (tail):")
         lines += [f"  | {ln}" for ln in rec.sched_log_tail.strip().splitlines()[-10:]]
@@ -137,6 +155,15 @@ def to_text(rec: RunRecord) -> str:
     if rec.artifacts:
         lines.append(f"artifacts: {rec.artifacts}")
     return "\n".join(lines)
+
+
+def snapshot_line(m: dict[str, Any], directory: str | None) -> str:
+    """Which snapshot explains the failure, and where it is."""
+    where = f"{directory}/{m['file']}" if directory else m["file"]
+    why = ": ".join(x for x in (m.get("exit_reason"), m.get("exit_msg")) if x)
+    why = why or m.get("exit_kind") or m["trigger"]
+    late = " (late: after the kernel's teardown)" if m.get("late") else ""
+    return f"snapshot explaining it: {where} [{m['trigger']}: {why}]{late}"
 
 
 def monitor_line(m: dict[str, Any]) -> str:

@@ -18,11 +18,14 @@ from ktstr.host.coordinator import (
     Refuse,
     TimeoutKind,
     Watch,
+    Write,
 )
 from ktstr.protocol.evidence import Collector
 from ktstr.protocol.frames import Frame
 from ktstr.protocol.messages import (
+    BpfWrite,
     Exit,
+    HostReply,
     Lifecycle,
     MessageKind,
     ScenarioEnd,
@@ -30,7 +33,6 @@ from ktstr.protocol.messages import (
     ScenarioResume,
     ScenarioStart,
     SchedExit,
-    SnapshotReply,
     SnapshotRequest,
 )
 
@@ -113,7 +115,10 @@ def test_sys_ready_with_payload_or_bad_crc_is_ignored(h):
     "payload",
     [
         b"",  # empty
-        SnapshotRequest(request_id=1, capture=1).to_bytes() + b"\x00",  # wrong size
+        SnapshotRequest(request_id=1, capture=1).to_bytes() + b"\x00",  # a NUL in the name
+        SnapshotRequest(request_id=1, capture=1).to_bytes() + b"a" * 65,  # name too long
+        SnapshotRequest(request_id=1, capture=1).to_bytes() + b"../etc",  # not a name
+        b"\x01" * 11,  # short
         b"\x00" * 12,  # request id 0
         SnapshotRequest(request_id=5, capture=99).to_bytes(),  # unknown capture kind
     ],
@@ -133,9 +138,29 @@ def test_snapshot_requests_are_rate_limited(h):
     assert len(h.state.snapshots) == MAX_SNAPSHOT_REQUESTS and h.state.refused == 2
 
 
+def test_a_named_snapshot_request_keeps_its_name(h):
+    req = SnapshotRequest(request_id=3, capture=2, name="after_burst:1")
+    assert h.send(req, 1.0) == [Capture(request=req)]
+    assert SnapshotRequest.from_bytes(req.to_bytes()).name == "after_burst:1"
+
+
+def test_bpf_writes_are_checked_and_rate_limited(h):
+    w = BpfWrite(request_id=4, var="qa.cpu_ctxs[2].dsp_cnt", value=1)
+    assert h.send(w, 1.0) == [Write(w)]
+    assert h.send(w, 1.001) == [Refuse(w, errno.EBUSY)]  # < 10 ms apart
+    for bad in (
+        b'{"request_id": 5, "var": "x; rm -rf", "value": 1}',
+        b'{"request_id": 5, "var": "x", "value": 1e30}',
+        b'{"request_id": 0, "var": "x", "value": 1}',
+        b'{"request_id": 5, "var": "x", "value": 18446744073709551616}',
+    ):
+        assert h.send(kind=MessageKind.BPF_WRITE, payload=bad, now=3.0) == []
+    assert h.evidence.malformed_count == 4 and h.state.writes == 1
+
+
 def test_unknown_and_host_to_guest_kinds_are_malformed(h):
     assert h.send(kind=4242, payload=b"x") == []
-    assert h.send(SnapshotReply(request_id=1)) == []
+    assert h.send(HostReply(request_id=1)) == []
     assert h.evidence.malformed_count == 2
     assert "unknown message kind 4242" in h.evidence.malformed[0].problem
 

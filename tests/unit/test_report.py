@@ -63,6 +63,12 @@ RECORDS = [
     ),
     record("needs_smt", (), Outcome(skip_reason="topology has no SMT")),
 ]
+EXIT_SNAPSHOT = {
+    "name": "scheduler_exit-1", "trigger": "scheduler_exit", "index": 1, "at_s": 44.2,
+    "frozen_s": 0.031, "exit_kind": "SCX_EXIT_ERROR_STALL", "exit_reason": "runnable task stall",
+    "exit_msg": "python[67] failed to run for 34.0s", "maps": 12,
+    "file": "snapshot-01-scheduler_exit-1.json",
+}  # fmt: skip
 MONITOR = {
     "samples": 52, "hz": 10.0, "cpus": 4, "max_imbalance": 1.0, "max_local_dsq": 1,
     "max_runnable_wait_ms": 34000.0, "longest_waiting": "python[67]",
@@ -75,6 +81,14 @@ RECORDS[1] = dataclasses.replace(
     RECORDS[1],
     monitor=MONITOR,
     monitor_view=("- 0.4s cpu0:python[66]/ext cpu1:idle; longest wait python[67] 34000ms on cpu1",),
+    artifacts_dir="/r/stall",
+    snapshots=(EXIT_SNAPSHOT,),
+    explained_by=EXIT_SNAPSHOT,
+    timeline=(
+        {"at_s": 10.5, "kind": "scenario", "what": "scenario stall started"},
+        {"at_s": 44.1, "kind": "sched_exit", "what": "scheduler entered sched_ext's disable path"},
+        {"at_s": 44.2, "kind": "snapshot", "what": "snapshot scheduler_exit-1 (scheduler_exit)"},
+    ),
 )
 
 

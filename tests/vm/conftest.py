@@ -86,3 +86,51 @@ def kernel_for(kernels: dict[str, Kernel], series: str) -> Kernel:
     if series not in kernels:
         pytest.skip(f"host lacks a Linux {series} kernel (shared kernels: {SHARED})")
     return kernels[series]
+
+
+#: Start a scheduler and a spinner pinned to each of 4 CPUs; once it is
+#: enabled, print where vmcoreinfo is (for capture_live).
+CAPTURE_JOB = (
+    "{sched} >/dev/null 2>&1 & P=$!; "
+    "for c in 0 1 2 3; do taskset -c $c sh -c 'while :; do :; done' >/dev/null & "
+    'P="$P $!"; done; '
+    "for i in $(seq 100); do grep -q '^enabled' /sys/kernel/sched_ext/state && break; "
+    "sleep 0.2; done; sleep 1; echo VMCI $(cat /sys/kernel/vmcoreinfo); sleep 6; kill $P"
+)
+
+
+def capture_live(kernel: Kernel, scheduler: Path, topology, grab) -> bool:
+    """Boot ``kernel`` with shared RAM, run ``scheduler`` under load, and call
+    ``grab(mem, info)`` once while it runs (the guest is live: what a test
+    records from it is what the unit tier replays). True if it was called."""
+    from ktstr.host.vm import shm_dir
+    from ktstr.inspect.memory import GuestMemory
+    from ktstr.inspect.program import read_vmcoreinfo
+    from ktstr.runner import BootRequest, run_guest
+
+    done: list[bool] = []
+
+    def on_text(kind, text):
+        if "VMCI" not in text or done:
+            return
+        done.append(True)
+        phys, size = (int(x, 16) for x in text.split("VMCI")[1].split()[:2])
+        mine = [
+            d for d in Path(shm_dir() or "/tmp").glob("ktstr-mem-*")
+            if (d / "owner").read_text() == str(os.getpid())
+        ]  # fmt: skip
+        mem = GuestMemory(sorted(mine[0].glob("node*")))
+        try:
+            grab(mem, read_vmcoreinfo(mem, phys, size))
+        finally:
+            mem.close()
+
+    job = {
+        "mode": "exec",
+        "command": CAPTURE_JOB.format(sched=scheduler),
+        "host_paths": [str(scheduler)],
+    }
+    req = BootRequest(kernel=kernel, topology=topology, job=job, share_memory=True,
+                      ready_timeout=120)  # fmt: skip
+    run_guest(req, on_text=on_text)
+    return bool(done)

@@ -212,3 +212,62 @@ def test_hidden(ctx):
     result.stdout.fnmatch_lines(
         ["*guest agent crashed: TestBodyError: importing *test_hidden.py:5 in the guest*KeyError*"]
     )
+
+
+SNAPSHOTS = """
+from ktstr import CgroupDef, HostRefused, Scheduler, ktstr_test
+
+QMAP = Scheduler("scx_qmap")
+
+
+def enqueued(snap):
+    try:
+        return snap.var("nr_enqueued")  # 6.12: a .bss global
+    except LookupError:
+        return snap.var("qa.nr_enqueued")  # 7.x: in its arena
+
+
+def check(result):
+    before, after = result.snapshots["before"], result.snapshots["after"]
+    assert 0 < enqueued(before) < enqueued(after)
+    assert after.scx["ops"] == "qmap" and len(after.cpus) == 4
+    assert result.record.bpf_writes[0]["status"] == 1  # EPERM: .rodata
+
+
+@ktstr_test(scheduler=QMAP, llcs=2, cores=2, duration=2, after=check)
+def test_qmap_state(ctx):
+    ctx.execute_defs([CgroupDef("cg", workers=4)], duration=1)
+    assert ctx.snapshot("before")
+    ctx.execute_defs([CgroupDef("cg", workers=4)], duration=1)
+    assert ctx.snapshot("after")
+    try:
+        ctx.bpf_write("slice_ns", 1)
+    except HostRefused as exc:
+        assert ".rodata" in str(exc), exc
+    else:
+        raise AssertionError("a .rodata write went through")
+
+
+def fails(result):
+    assert result.snapshots["only"].var("no_such_global") == 1
+
+
+@ktstr_test(scheduler=QMAP, duration=1, after=fails)
+def test_after_can_fail(ctx):
+    ctx.execute_defs([CgroupDef("cg", workers=2)])
+    ctx.snapshot("only")
+"""
+
+
+def test_tests_snapshot_and_assert_on_scheduler_state(pytester, kernel, isolated):
+    """ctx.snapshot() in the guest, assertions on the host after the run
+    (``after=``); a .rodata write refused in the guest's own words."""
+    pytester.makepyfile(test_snaps=SNAPSHOTS)
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--ktstr-results={res}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*no global 'no_such_global'*"])
+    docs = {d["test"]: d for d in sidecars(res)}
+    snaps = docs["test_qmap_state[1n2l2c1t]"]["snapshots"]
+    assert [s["name"] for s in snaps] == ["before", "after"]
+    assert all((res / "test_qmap_state[1n2l2c1t]").glob("snapshot-*.json"))

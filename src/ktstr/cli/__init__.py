@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ktstr.cli.args import Parser, finite
 from ktstr.cli.kernel import add_kernel_parser
 from ktstr.cli.run import add_run_parsers
+from ktstr.cli.snapshot import add_snapshot_parser
 from ktstr.cli.vm import add_vm_parsers
 from ktstr.errors import Interrupted, KtstrError, Terminated
 from ktstr.host.signals import terminate_like_interrupt
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_topologies)
 
     add_kernel_parser(sub)
+    add_snapshot_parser(sub)
     return parser
 
 

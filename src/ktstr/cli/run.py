@@ -207,8 +207,8 @@ def add_run_parsers(sub: Any) -> None:
         type=count(0, 64),
         default=0,
         metavar="N",
-        help="freeze the guest N times (10-90%% of the workload) and capture its "
-        "vCPU registers into snapshots.json",
+        help="freeze the guest N times (10-90%% of the workload) and keep a snapshot "
+        "of the scheduler's state each time (snapshot-NN-periodic-K.json)",
     )
     p.add_argument(
         "--scheduler",

@@ -27,14 +27,15 @@ from typing import Any, BinaryIO
 
 from ktstr.protocol.frames import FrameDecoder
 from ktstr.protocol.messages import (
+    BpfWrite,
     CaptureKind,
     Crash,
     Encoder,
     Exit,
+    HostReply,
     KernAddrs,
     Lifecycle,
     MessageKind,
-    SnapshotReply,
     SnapshotRequest,
     TestResult,
 )
@@ -70,6 +71,7 @@ class Port:
         self._lock = threading.Lock()
         self.enc = Encoder()
         self._dec = FrameDecoder()
+        self._request_id = 0
 
     def send(self, data: bytes) -> None:
         """Write a whole frame: a virtio-serial write may take only part."""
@@ -79,22 +81,40 @@ class Port:
             while view:
                 view = view[os.write(fd, view) :]
 
-    def request_snapshot(self, request_id: int, capture: CaptureKind, timeout: float) -> int:
+    def next_request_id(self) -> int:
+        with self._lock:
+            self._request_id += 1
+            return self._request_id
+
+    def request_snapshot(
+        self, request_id: int, capture: CaptureKind, timeout: float, name: str = ""
+    ) -> int:
         """Ask the host to freeze and capture; block until its reply.
         Returns the reply status (0 = captured)."""
-        self.send(self.enc.message(SnapshotRequest(request_id=request_id, capture=capture)))
+        msg = SnapshotRequest(request_id=request_id, capture=capture, name=name)
+        return self._request(self.enc.message(msg), request_id, timeout)
+
+    def request_write(self, var: str, value: int, timeout: float) -> int:
+        """Ask the host to write the scheduler's BPF global ``var``; its
+        status (0 = written, else an errno)."""
+        rid = self.next_request_id()
+        msg = BpfWrite(request_id=rid, var=var, value=value)
+        return self._request(self.enc.message(msg), rid, timeout)
+
+    def _request(self, frame: bytes, request_id: int, timeout: float) -> int:
+        self.send(frame)
         deadline = time.monotonic() + timeout
         fd = self._fd.fileno()
         while time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 break
-            for frame in self._dec.feed(os.read(fd, 4096)):
-                if frame.crc_ok and frame.kind == MessageKind.SNAPSHOT_REPLY:
-                    reply = SnapshotReply.from_bytes(frame.payload)
+            for f in self._dec.feed(os.read(fd, 4096)):
+                if f.crc_ok and f.kind == MessageKind.HOST_REPLY:
+                    reply = HostReply.from_bytes(f.payload)
                     if reply.request_id == request_id:
                         return reply.status
-        raise TimeoutError(f"no snapshot reply for request {request_id} in {timeout}s")
+        raise TimeoutError(f"no host reply for request {request_id} in {timeout}s")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -252,7 +272,7 @@ def do_job(port: Port, job: dict[str, Any]) -> int:
         return run_scenario(port, job)
     if mode == "snapshot":
         t0 = time.monotonic()
-        status = port.request_snapshot(1, CaptureKind.REGISTERS, timeout=60.0)
+        status = port.request_snapshot(port.next_request_id(), CaptureKind.REGISTERS, 60.0)
         data = {"status": status, "round_trip_s": time.monotonic() - t0}
         port.send(port.enc.message(TestResult(name="snapshot", passed=status == 0, data=data)))
         return 0 if status == 0 else 1

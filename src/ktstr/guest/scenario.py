@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ktstr.errors import HostRefused
 from ktstr.guest.cgroups import CgroupTree
 from ktstr.guest.sched_ext import QUIRKS, Scheduler, pin_kthread, scx_ops, scx_state
 from ktstr.guest.workers import WorkerPool, specs_for
@@ -36,6 +38,39 @@ from ktstr.spec.scenario import OpKind, Plan, PlanOp, PlanStep
 from ktstr.spec.serde import from_data, to_data
 
 Send = Callable[[bytes], None]
+
+#: How long the guest waits for the host to answer a snapshot or a write.
+HOST_REPLY_TIMEOUT = 60.0
+#: What each refusal of a BPF write means (the host's detail is in result.json).
+WRITE_REFUSED = {
+    errno.EPERM: "read-only (.rodata): the verifier folded its value into the program",
+    errno.ENOENT: "the scheduler has no such global in .bss, .data or its arena",
+    errno.EINVAL: "the value does not fit the variable (integers, bools and enums only)",
+    errno.ENODEV: "the host cannot read this guest's memory (no shared RAM or no vmlinux)",
+    errno.EBUSY: "too many requests too fast",
+    errno.ENOSPC: "too many requests in this run",
+}
+
+
+def refused(what: str, status: int) -> HostRefused:
+    why = WRITE_REFUSED.get(status, os.strerror(status))
+    code = errno.errorcode.get(status, status)
+    return HostRefused(f"{what}: the host refused ({code}): {why}", status)
+
+
+def bpf_write(port: Any, var: str, value: int | bool) -> None:
+    """Have the host write the scheduler's BPF global ``var``; HostRefused if not."""
+    status = port.request_write(var, int(value), HOST_REPLY_TIMEOUT)
+    if status:
+        raise refused(f"bpf_write {var}={int(value)}", status)
+
+
+def snapshot(port: Any, name: str) -> int:
+    """Have the host freeze the guest and keep a snapshot ``name``; its status."""
+    from ktstr.protocol.messages import CaptureKind
+
+    rid = port.next_request_id()
+    return int(port.request_snapshot(rid, CaptureKind.MEMORY, HOST_REPLY_TIMEOUT, name=name))
 
 
 class Executor:
@@ -149,6 +184,13 @@ class Executor:
         elif k is OpKind.MOVE_ALL:
             moved = self.tree.move_all(op.path, op.other)
             self.stimulus(k.value, src=op.path, dst=op.other, moved=moved)
+        elif k is OpKind.SNAPSHOT:
+            self.stimulus(k.value, name=op.path, status=snapshot(self.port, op.path))
+        elif k is OpKind.BPF_WRITE:
+            status = self.port.request_write(op.path, op.value, HOST_REPLY_TIMEOUT)
+            self.stimulus(k.value, var=op.path, value=op.value, status=status)
+            if status:
+                raise refused(f"bpf_write {op.path}={op.value}", status)
 
     def _apply_all(self, ops: tuple[PlanOp, ...]) -> None:
         for op in ops:

@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Any
 
-from ktstr.guest.scenario import Executor, session
+from ktstr.guest.scenario import Executor, bpf_write, session, snapshot
 from ktstr.protocol.messages import RunSummary
 from ktstr.spec.scenario import CgroupDef, Scenario, resolve
 from ktstr.spec.topology import Topology
@@ -53,6 +53,18 @@ class TestContext:
     def execute_defs(self, defs: list[CgroupDef], duration: float | None = None) -> RunSummary:
         """The common case: these cgroups for the whole duration."""
         return self.execute(Scenario.of_defs(self.name, defs), duration)
+
+    def snapshot(self, name: str) -> bool:
+        """Have the host freeze the guest now and keep a snapshot ``name``
+        (read it after the run: ``result.snapshots[name]``). False if the
+        host refused (too many, too fast)."""
+        return snapshot(self._ex.port, name) == 0
+
+    def bpf_write(self, var: str, value: int | bool) -> None:
+        """Have the host write ``value`` into the scheduler's BPF global
+        ``var`` (``.bss``/``.data``/arena; a name or a path, ``qa.cnt``),
+        type-checked against its BTF. Raises HostRefused (e.g. ``.rodata``)."""
+        bpf_write(self._ex.port, var, value)
 
     def summary(self) -> RunSummary:
         return RunSummary(

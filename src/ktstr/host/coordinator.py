@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ktstr.protocol.messages import (
+    BpfWrite,
     Exit,
     Lifecycle,
     MessageKind,
@@ -70,10 +71,17 @@ class Capture:
 
 
 @dataclass(frozen=True, slots=True)
-class Refuse:
-    """Answer a snapshot request without capturing (``status`` is an errno)."""
+class Write:
+    """Write a BPF global of the scheduler under test, then reply."""
 
-    request: SnapshotRequest
+    request: BpfWrite
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer a request without acting on it (``status`` is an errno)."""
+
+    request: SnapshotRequest | BpfWrite
     status: int
 
 
@@ -88,7 +96,7 @@ class Exited:
     code: int
 
 
-Action = Ready | Kill | Capture | Refuse | Expired | Exited
+Action = Ready | Kill | Capture | Write | Refuse | Expired | Exited
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +122,9 @@ class Watch:
 #: Snapshot requests the guest may make per run, and their spacing.
 MAX_SNAPSHOT_REQUESTS = 64
 MIN_SNAPSHOT_SPACING = 0.1
+#: BPF writes the guest may ask for per run, and their spacing.
+MAX_BPF_WRITES = 256
+MIN_BPF_WRITE_SPACING = 0.01
 
 
 @dataclass(slots=True)
@@ -132,6 +143,8 @@ class RunState:
     snapshots: list[SnapshotRequest] = field(default_factory=list)
     refused: int = 0
     last_snapshot: float | None = None
+    writes: int = 0
+    last_write: float | None = None
     periodic_fired: int = 0
     expired: Expired | None = None
 
@@ -172,17 +185,33 @@ class Coordinator:
         st.sched_exit = msg
         return [Kill(msg)]
 
+    def _limited(self, done: int, last: float | None, now: float, most: int, gap: float) -> int:
+        """The errno refusing a guest request over its limits, else 0."""
+        status = errno.ENOSPC if done >= most else 0
+        if not status and last is not None and now - last < gap:
+            status = errno.EBUSY
+        self.state.refused += bool(status)
+        return status
+
     def _snapshot_request(self, msg: SnapshotRequest, now: float) -> list[Action]:
         st = self.state
-        if len(st.snapshots) >= MAX_SNAPSHOT_REQUESTS:
-            st.refused += 1
-            return [Refuse(msg, errno.ENOSPC)]
-        if st.last_snapshot is not None and now - st.last_snapshot < MIN_SNAPSHOT_SPACING:
-            st.refused += 1
-            return [Refuse(msg, errno.EBUSY)]
+        status = self._limited(
+            len(st.snapshots), st.last_snapshot, now, MAX_SNAPSHOT_REQUESTS, MIN_SNAPSHOT_SPACING
+        )
+        if status:
+            return [Refuse(msg, status)]
         st.last_snapshot = now
         st.snapshots.append(msg)
         return [Capture(request=msg)]
+
+    def _bpf_write(self, msg: BpfWrite, now: float) -> list[Action]:
+        st = self.state
+        status = self._limited(st.writes, st.last_write, now, MAX_BPF_WRITES, MIN_BPF_WRITE_SPACING)
+        if status:
+            return [Refuse(msg, status)]
+        st.last_write = now
+        st.writes += 1
+        return [Write(msg)]
 
     def _scenario_start(self, msg: object, now: float) -> list[Action]:
         st = self.state
@@ -315,6 +344,7 @@ _HANDLERS: dict[MessageKind, Callable[[Coordinator, Any, float], list[Action]]] 
     MessageKind.SYS_READY: Coordinator._sys_ready,
     MessageKind.SCHED_EXIT: Coordinator._sched_exit,
     MessageKind.SNAPSHOT_REQUEST: Coordinator._snapshot_request,
+    MessageKind.BPF_WRITE: Coordinator._bpf_write,
     MessageKind.SCENARIO_START: Coordinator._scenario_start,
     MessageKind.SCENARIO_END: Coordinator._scenario_end,
     MessageKind.SCENARIO_PAUSE: Coordinator._pause,
@@ -336,4 +366,5 @@ __all__ = [
     "RunState",
     "TimeoutKind",
     "Watch",
+    "Write",
 ]

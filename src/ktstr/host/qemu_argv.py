@@ -57,6 +57,8 @@ class VmSpec:
     share_memory: bool = False
     #: Where those files are, ``<memory_dir>/node<N>`` (the Vm fills it in).
     memory_dir: Path | None = None
+    #: A gdbstub socket, for a breakpoint on the scheduler's exit path.
+    gdb_stub: bool = False
 
     def __post_init__(self) -> None:
         if self.memory_mb < 0:
@@ -75,6 +77,10 @@ class VmSpec:
     @property
     def qmp_socket(self) -> Path:
         return (self.socket_dir or self.run_dir) / "qmp.sock"
+
+    @property
+    def gdb_socket(self) -> Path:
+        return (self.socket_dir or self.run_dir) / "gdb.sock"
 
     @property
     def share_dir(self) -> Path:
@@ -177,4 +183,9 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         f"local,id=fsrun,path={spec.share_dir},security_model=none,readonly=on",
         "-device", f"virtio-9p-pci,fsdev=fsrun,mount_tag={RUN_TAG}",
     ]  # fmt: skip
+    if spec.gdb_stub:
+        argv += [
+            "-chardev", f"socket,id=gdb0,path={spec.gdb_socket},server=on,wait=off",
+            "-gdb", "chardev:gdb0",
+        ]  # fmt: skip
     return argv

@@ -18,6 +18,7 @@ from typing import Any
 from ktstr.protocol.frames import Frame
 from ktstr.protocol.messages import (
     TEXT_KINDS,
+    BpfWrite,
     Crash,
     Exit,
     KernAddrs,
@@ -37,7 +38,7 @@ from ktstr.protocol.messages import (
 from ktstr.protocol.validate import decode_payload
 
 #: Kinds whose loss or damage can change a verdict.
-VERDICT_KINDS = frozenset(MessageKind) - TEXT_KINDS - {MessageKind.SNAPSHOT_REPLY}
+VERDICT_KINDS = frozenset(MessageKind) - TEXT_KINDS - {MessageKind.HOST_REPLY}
 #: Findings of one sort kept in detail (all are counted).
 KEEP_DETAIL = 16
 _OVER = "\0over budget"
@@ -91,6 +92,7 @@ class Evidence:
     exit: Exit | None = None
     exit_at: float | None = None
     snapshot_requests: int = 0
+    bpf_writes: int = 0
     malformed: list[Damage] = field(default_factory=list)
     malformed_count: int = 0
     torn: list[Damage] = field(default_factory=list)
@@ -298,6 +300,10 @@ class Collector:
         self.evidence.snapshot_requests += 1
         return ""
 
+    def _bpf_write(self, msg: BpfWrite, at: float) -> str:
+        self.evidence.bpf_writes += 1
+        return ""
+
 
 _KEEPERS: dict[MessageKind, Any] = {
     MessageKind.SYS_READY: Collector._ready,
@@ -315,4 +321,5 @@ _KEEPERS: dict[MessageKind, Any] = {
     MessageKind.CRASH: Collector._crash,
     MessageKind.EXIT: Collector._exit,
     MessageKind.SNAPSHOT_REQUEST: Collector._snapshot,
+    MessageKind.BPF_WRITE: Collector._bpf_write,
 }

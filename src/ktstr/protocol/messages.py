@@ -4,9 +4,10 @@ Payload encodings (documented in docs/protocol.md):
 
 * empty: SysReady.
 * raw UTF-8 text chunks: Stdout, Stderr, SchedLog, Dmesg.
-* fixed binary structs: SnapshotRequest (``<QI``: request id, capture kind)
-  and SnapshotReply (``<QI``: request id, status) so that a malformed request
-  is detectable by size alone.
+* fixed binary structs: SnapshotRequest (``<QI``: request id, capture kind,
+  then a name of up to 64 bytes) and HostReply (``<QI``: request id,
+  status; it answers snapshot and BPF write requests alike) so that a
+  malformed request is detectable by size alone.
 * JSON objects (UTF-8, keys as the dataclass fields) for everything else.
   Field metadata carries the bounds the host enforces (``validate.py``).
   Both ends run the same package: a changed field bumps ``PROTOCOL_VERSION``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,7 +49,8 @@ class MessageKind(enum.IntEnum):
     LIFECYCLE = 17
     EXIT = 18
     SNAPSHOT_REQUEST = 19
-    SNAPSHOT_REPLY = HOST_TO_GUEST | 1
+    BPF_WRITE = 20
+    HOST_REPLY = HOST_TO_GUEST | 1
 
     @property
     def host_to_guest(self) -> bool:
@@ -67,6 +70,12 @@ class CaptureKind(enum.IntEnum):
 
 
 SNAPSHOT = struct.Struct("<QI")
+#: Snapshot names and BPF variable paths: what a file name and a C
+#: identifier path may hold, so either is safe to print and to store.
+NAME_MAX = 64
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]*")
+VAR_MAX = 128
+VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*|\[[0-9]{1,6}\])*")
 
 
 class PayloadError(ValueError):
@@ -148,6 +157,21 @@ class Stimulus(JsonPayload):
     t_ms: float = _f(lo=0, hi=_BIG)
     op: str = _f(max_len=64)
     detail: JsonValue = _f({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BpfWrite(JsonPayload):
+    """Guest asks the host to write ``value`` into the scheduler's BPF global
+    ``var`` (a name or a path: ``qa.test_error_cnt``); answered by HostReply."""
+
+    KIND = MessageKind.BPF_WRITE
+    request_id: int = _f(lo=1, hi=_U64)
+    var: str = _f(max_len=VAR_MAX)
+    value: int = _f(lo=-(2**63), hi=_U64)
+
+    def __post_init__(self) -> None:
+        if not VAR_RE.fullmatch(self.var):
+            raise PayloadError(f"BPF_WRITE: var {self.var[:80]!r} is not a C name or path")
 
 
 #: Most wake-latency samples a worker report carries (a reservoir).
@@ -264,6 +288,7 @@ JSON_TYPES: dict[MessageKind, type[JsonPayload]] = {
     t.KIND: t
     for t in (
         KernAddrs,
+        BpfWrite,
         ScenarioStart,
         ScenarioPause,
         ScenarioResume,
@@ -285,33 +310,44 @@ JSON_TYPES: dict[MessageKind, type[JsonPayload]] = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnapshotRequest:
-    """Guest asks the host to freeze it and capture state."""
+    """Guest asks the host to freeze it and capture state, under ``name``."""
 
     KIND: ClassVar[MessageKind] = MessageKind.SNAPSHOT_REQUEST
     request_id: int
     capture: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.name) > NAME_MAX or not NAME_RE.fullmatch(self.name):
+            raise PayloadError(
+                f"SNAPSHOT_REQUEST: name {self.name[:80]!r} is not 0-{NAME_MAX} "
+                "of A-Z a-z 0-9 _ . : -"
+            )
 
     def to_bytes(self) -> bytes:
-        return SNAPSHOT.pack(self.request_id, self.capture)
+        return SNAPSHOT.pack(self.request_id, self.capture) + self.name.encode("ascii")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SnapshotRequest:
-        """Strict: exact size, non-zero id, known capture kind."""
-        if len(data) != SNAPSHOT.size:
+        """Strict: the fixed part, non-zero id, known capture kind, a name
+        of at most 64 printable bytes."""
+        if not SNAPSHOT.size <= len(data) <= SNAPSHOT.size + NAME_MAX:
             raise PayloadError(
-                f"SNAPSHOT_REQUEST: payload is {len(data)} bytes, expected {SNAPSHOT.size}"
+                f"SNAPSHOT_REQUEST: payload is {len(data)} bytes, expected "
+                f"{SNAPSHOT.size}..{SNAPSHOT.size + NAME_MAX}"
             )
-        rid, cap = SNAPSHOT.unpack(data)
+        rid, cap = SNAPSHOT.unpack_from(data)
         if rid == 0:
             raise PayloadError("SNAPSHOT_REQUEST: request id 0 is reserved")
         if cap not in CaptureKind._value2member_map_:
             raise PayloadError(f"SNAPSHOT_REQUEST: unknown capture kind {cap}")
-        return cls(request_id=rid, capture=cap)
+        name = data[SNAPSHOT.size :].decode("ascii", "replace")
+        return cls(request_id=rid, capture=cap, name=name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SnapshotReply:
-    KIND: ClassVar[MessageKind] = MessageKind.SNAPSHOT_REPLY
+class HostReply:
+    KIND: ClassVar[MessageKind] = MessageKind.HOST_REPLY
     request_id: int
     status: int = 0  # 0 = captured, else an errno-like failure code
 
@@ -319,14 +355,14 @@ class SnapshotReply:
         return SNAPSHOT.pack(self.request_id, self.status)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> SnapshotReply:
+    def from_bytes(cls, data: bytes) -> HostReply:
         if len(data) != SNAPSHOT.size:
-            raise PayloadError(f"SNAPSHOT_REPLY: payload is {len(data)} bytes")
+            raise PayloadError(f"HOST_REPLY: payload is {len(data)} bytes")
         rid, status = SNAPSHOT.unpack(data)
         return cls(request_id=rid, status=status)
 
 
-Message = JsonPayload | SnapshotRequest | SnapshotReply
+Message = JsonPayload | SnapshotRequest | HostReply
 
 
 class Encoder:

@@ -19,6 +19,7 @@ from ktstr.protocol.evidence import Collector, Evidence
 from ktstr.protocol.frames import DecoderStats
 from ktstr.protocol.messages import Lifecycle, SchedExit, Stimulus, TestResult, WorkerReport
 from ktstr.runner.monitoring import MonitorPlan, MonitorRun
+from ktstr.runner.snapshots import SnapshotRun
 from ktstr.spec.topology import Topology
 
 #: Slack after a scenario's planned length before the host calls it a stall,
@@ -83,7 +84,7 @@ class GuestRun:
     qemu: QemuInfo
     collector: Collector = field(default_factory=Collector)
     exit_code: int | None = None
-    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: SnapshotRun | None = None
     #: The frame decoder's counters (crc_errors, truncated, ... > 0 = damage).
     decoder: DecoderStats = field(default_factory=DecoderStats)
     artifacts: Path | None = None
@@ -183,6 +184,7 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
         tcg_multithread=accel.tcg_multithread,
         memory_mb=req.memory_mb,
         share_memory=req.share_memory or req.monitor is not None,
+        gdb_stub=req.share_memory or req.monitor is not None,
         interactive=req.interactive,
         cmdline_extra=(*agent_init[1], *req.cmdline_extra),
     )

@@ -34,18 +34,21 @@ from ktstr.host.coordinator import (
     Ready,
     Refuse,
     TimeoutKind,
+    Write,
 )
 from ktstr.host.kernel import kernel_in_use
 from ktstr.host.vm import Vm
 from ktstr.protocol.frames import encode_frame
 from ktstr.protocol.messages import (
     TEXT_KINDS,
+    CaptureKind,
+    HostReply,
     Lifecycle,
     MessageKind,
-    SnapshotReply,
 )
 from ktstr.runner.boot import BootRequest, GuestRun, prepare
 from ktstr.runner.monitoring import MonitorRun
+from ktstr.runner.snapshots import SnapshotRun
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,7 @@ def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) ->
     texts = _TextFiles(vm.run_dir, on_text)
     if req.monitor is not None:
         out.monitor = MonitorRun(req.monitor)
+    out.snapshots = SnapshotRun(req.kernel, out.monitor)
     try:
         _pump_frames(vm, req, out, texts)
     except _RunEnded:
@@ -147,6 +151,8 @@ def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) ->
         out.timings.qemu_exit = time.monotonic() - vm.launched_at
     finally:
         out.warnings += texts.close()
+        out.snapshots.close()
+        out.warnings += out.snapshots.notes
         if out.monitor is not None:  # before the VM's RAM files go
             out.monitor.stop()
             if out.monitor.note:
@@ -168,14 +174,22 @@ def _accept(out: GuestRun, texts: _TextFiles, frame: Any, rel: float) -> Any:
 
 
 def _inspect(vm: Vm, req: BootRequest, out: GuestRun, item: Any) -> None:
-    """The guest said where its kernel is: start watching it; a scenario
-    started: tell the monitor its cpusets."""
-    if item is None or out.monitor is None:
+    """The guest said where its kernel is: start watching it; a scheduler
+    attached: stop the guest on its exit path; a scenario started: tell the
+    monitor its cpusets."""
+    if item is None:
         return
-    if item[0] is MessageKind.KERN_ADDRS:
-        out.monitor.start(req.kernel, vm.memory_dir, item[1], vm.launched_at)
-    elif item[0] is MessageKind.SCENARIO_START:
-        out.monitor.scenario(item[1].plan, tuple(range(req.topology.cpus)))
+    kind, msg = item
+    if kind is MessageKind.KERN_ADDRS:
+        if out.monitor is not None:
+            out.monitor.start(req.kernel, vm.memory_dir, msg, vm.launched_at)
+        if out.snapshots is not None:
+            out.snapshots.kern_addrs(vm, msg)
+    elif kind is MessageKind.LIFECYCLE and msg.phase == "scheduler_attached":
+        if out.snapshots is not None:
+            out.snapshots.arm_exit(vm)
+    elif kind is MessageKind.SCENARIO_START and out.monitor is not None:
+        out.monitor.scenario(msg.plan, tuple(range(req.topology.cpus)))
 
 
 def _drain(vm: Vm, out: GuestRun, texts: _TextFiles, limit: int = 10_000) -> None:
@@ -207,8 +221,10 @@ def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, texts: _TextFiles) -> 
             )
         for action in coord.tick(now):
             _act(vm, out, action, now=now, wl=coord.workload_time(now))
+        if out.snapshots is not None:
+            out.snapshots.poll(vm, coord.workload_time(now))
         try:
-            frame = frames.get(timeout=min(0.25, coord.next_wakeup(now) + 0.01))
+            frame = frames.get(timeout=min(0.1, coord.next_wakeup(now) + 0.01))
         except queue.Empty:
             if vm.exited():
                 break
@@ -239,9 +255,17 @@ def _act(vm: Vm, out: GuestRun, action: object, *, now: float, wl: float) -> Non
         out.timings.exit_frame = rel
     elif isinstance(action, Kill):
         log.info("scheduler exited: %s", action.sched_exit.reason)
+        if out.snapshots is not None:
+            out.snapshots.sched_exit_frame(vm, wl)
         raise _RunEnded
     elif isinstance(action, Capture):
-        out.snapshots.append({**_capture(vm, out, action, rel), "workload_s": wl})
+        _capture(vm, out, action, wl)
+    elif isinstance(action, Write):
+        assert out.snapshots is not None
+        status, why = out.snapshots.write(vm, action.request)
+        if status:
+            out.warnings.append(f"BPF write {action.request.var} refused: {why}")
+        _reply(vm, out, action.request.request_id, status)
     elif isinstance(action, Refuse):
         _reply(vm, out, action.request.request_id, action.status)
     elif isinstance(action, Expired):
@@ -255,26 +279,27 @@ def _act(vm: Vm, out: GuestRun, action: object, *, now: float, wl: float) -> Non
 
 
 def _reply(vm: Vm, out: GuestRun, request_id: int, status: int) -> None:
-    reply = SnapshotReply(request_id=request_id, status=status)
+    reply = HostReply(request_id=request_id, status=status)
     if vm.channel is not None and not vm.channel.send(encode_frame(reply.KIND, reply.to_bytes())):
         out.warnings.append(f"snapshot reply {request_id} not delivered: the guest port is full")
 
 
-def _capture(vm: Vm, out: GuestRun, action: Capture, rel: float) -> dict[str, Any]:
-    """Freeze the guest, capture vCPU registers, resume, reply if asked."""
-    assert vm.qmp is not None
-    snap: dict[str, Any] = {"at_s": rel, "periodic": action.periodic}
-    t = time.monotonic()
-    vm.qmp.stop()
-    try:
-        snap["registers"] = vm.qmp.registers()
-    finally:
-        vm.qmp.cont()
-    snap["frozen_s"] = round(time.monotonic() - t, 6)
-    if action.request is not None:
-        snap["request_id"] = action.request.request_id
-        _reply(vm, out, action.request.request_id, 0)
-    return snap
+def _capture(vm: Vm, out: GuestRun, action: Capture, wl: float) -> None:
+    """Freeze the guest, capture, resume, reply if asked."""
+    assert out.snapshots is not None
+    req = action.request
+    if req is None:
+        out.snapshots.take(vm, "periodic", name=f"periodic-{action.periodic}", workload_s=wl)
+        return
+    out.snapshots.take(
+        vm,
+        "request",
+        name=req.name,
+        workload_s=wl,
+        request_id=req.request_id,
+        memory=req.capture == CaptureKind.MEMORY,
+    )
+    _reply(vm, out, req.request_id, 0)
 
 
 def _finish(vm: Vm, out: GuestRun, coord: Coordinator) -> None:

@@ -10,7 +10,6 @@ never a bare traceback.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -37,6 +36,8 @@ from ktstr.report import RunRecord, write_sidecar
 from ktstr.runner.boot import TEARDOWN_GRACE, WORKLOAD_GRACE, BootRequest, GuestRun, prepare
 from ktstr.runner.guest import run_guest
 from ktstr.runner.monitoring import plan_monitor
+from ktstr.runner.snapshots import write_files
+from ktstr.runner.timeline import explaining, timeline
 from ktstr.spec.checks import Thresholds, scaled, timing_scale
 from ktstr.spec.scenario import Plan
 from ktstr.spec.serde import to_data
@@ -276,12 +277,20 @@ def _execute_job(
         notes=tuple(run.warnings) if run else (),
         monitor=run.monitor.summary() if run and run.monitor else None,
         monitor_view=_monitor_view(run),
+        artifacts_dir=str(results_dir),
     )
+    results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if run is not None and run.monitor is not None and run.monitor.series:
-        results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         run.monitor.write_series(results_dir / "monitor.json.gz")
-    if run is not None and run.snapshots:
-        write_private(results_dir / "snapshots.json", json.dumps(run.snapshots, indent=1))
+    if run is not None and run.snapshots is not None:
+        write_files(run.snapshots.taken, results_dir)
+        rec = dataclasses.replace(
+            rec,
+            snapshots=tuple(t.meta for t in run.snapshots.taken),
+            explained_by=explaining(run, verdict),
+            bpf_writes=tuple(run.snapshots.writes),
+            timeline=tuple(timeline(run)),
+        )
     write_sidecar(rec, results_dir)
     return rec
 

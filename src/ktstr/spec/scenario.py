@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 from ktstr.errors import ConfigError
 from ktstr.spec.checks import Thresholds
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import INHERIT, NORMAL, Affinity, SchedPolicy, Work
+
+#: Snapshot names and BPF variable paths (the wire checks the same; spec and
+#: protocol share no code by design).
+NAME_MAX, VAR_MAX = 64, 128
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]*")
+VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*|\[[0-9]{1,6}\])*")
 
 
 class CpusetMode(enum.Enum):
@@ -147,6 +154,8 @@ class OpKind(enum.Enum):
     STOP = "stop"  # stop the workers of `name`, keep the cgroup
     SET_AFFINITY = "set_affinity"  # re-pin the workers of `name`
     MOVE_ALL = "move_all"  # move every task of `name` into `other`
+    SNAPSHOT = "snapshot"  # the host freezes the guest and captures it as `name`
+    BPF_WRITE = "bpf_write"  # the host writes `value` into the scheduler's global `name`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +167,7 @@ class Op:
     cpuset: CpusetSpec | None = None
     affinity: Affinity | None = None
     count: int = 0
+    value: int = 0
 
     @classmethod
     def add(cls, cgroup: CgroupDef) -> Op:
@@ -194,6 +204,17 @@ class Op:
     @classmethod
     def move_all(cls, src: str, dst: str) -> Op:
         return cls(kind=OpKind.MOVE_ALL, name=src, other=dst)
+
+    @classmethod
+    def snapshot(cls, name: str) -> Op:
+        """The host freezes the guest here and keeps a snapshot ``name``."""
+        return cls(kind=OpKind.SNAPSHOT, name=name)
+
+    @classmethod
+    def bpf_write(cls, var: str, value: int | bool) -> Op:
+        """The host writes ``value`` into the scheduler's BPF global ``var``
+        (``.bss``/``.data``/arena; a name or a path like ``qa.cnt``)."""
+        return cls(kind=OpKind.BPF_WRITE, name=var, value=int(value))
 
 
 class HoldMode(enum.Enum):
@@ -294,6 +315,7 @@ class PlanOp:
     cpus: tuple[int, ...] | None = None
     affinities: tuple[tuple[int, ...] | None, ...] = ()
     count: int = 0
+    value: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -436,4 +458,14 @@ def _resolve_op(op: Op, topo: Topology, live: dict[str, PlanCgroup], seed: int) 
         allowed = cg.cpus if cg.cpus is not None else tuple(range(topo.cpus))
         affs = tuple(op.affinity.resolve(topo, allowed, i, seed) for i in range(cg.workers))
         return PlanOp(kind=k, path=op.name, affinities=affs)
+    if k is OpKind.SNAPSHOT:
+        if len(op.name) > NAME_MAX or not NAME_RE.fullmatch(op.name):
+            raise ConfigError(f"snapshot: name {op.name!r} is not 0-64 of A-Z a-z 0-9 _ . : -")
+        return PlanOp(kind=k, path=op.name)
+    if k is OpKind.BPF_WRITE:
+        if len(op.name) > VAR_MAX or not VAR_RE.fullmatch(op.name):
+            raise ConfigError(f"bpf_write: {op.name!r} is not a C name or path (qa.cnt, a[2].b)")
+        if not -(2**63) <= op.value < 2**64:
+            raise ConfigError(f"bpf_write: value {op.value} is not a 64-bit integer")
+        return PlanOp(kind=k, path=op.name, value=op.value)
     raise ConfigError(f"unknown op {k}")
