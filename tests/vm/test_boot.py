@@ -3,6 +3,8 @@ guest sees, from its own sysfs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ktstr.evaluate.topology import topology_mismatches
@@ -37,9 +39,12 @@ def test_snapshot_request_freezes_captures_and_replies(kernel, isolated):
     run = run_guest(
         BootRequest(kernel=kernel, topology=Topology.parse("1n1l2c1t"), job={"mode": "snapshot"})
     )
-    (snap,) = run.snapshots
-    assert snap["request_id"] == 1
+    assert run.snapshots is not None
+    (taken,) = run.snapshots.taken
+    snap = json.loads(taken.text)
+    assert snap["request_id"] == 1 and snap["trigger"] == "request" and snap["frozen_s"] < 5
     assert "RIP=" in snap["registers"] and "CPU#1" in snap["registers"]
+    assert "maps" not in snap  # a registers-only capture (CaptureKind.REGISTERS)
     result = run.result("snapshot")
     assert result is not None and result.passed and result.data["status"] == 0
     assert run.exit_code == 0

@@ -3,6 +3,8 @@ shared kernel directory."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ktstr.evaluate.account import Expectation, account
@@ -133,16 +135,18 @@ def test_scx_central_attaches_with_its_kthread_quirk(kernel, isolated):
 
 def test_periodic_snapshots_are_spaced_in_workload_time(kernel, isolated):
     """num_snapshots captures at 10 %, 50 % and 90 % of the workload (in
-    workload time: boot does not count), each freezing the guest via QMP."""
-    req = BootRequest(kernel=kernel, topology=TOPO, job={}, num_snapshots=3)
+    workload time: boot does not count), each freezing the guest and reading
+    its scheduler state."""
+    req = BootRequest(kernel=kernel, topology=TOPO, job={}, num_snapshots=3, share_memory=True)
     plan = resolve(SCENARIOS["steady"], TOPO, 4.0)
     run = run_scenario(req, plan)
     PLANS[id(run)] = plan
-    periodic = [s for s in run.snapshots if s["periodic"] >= 0]
-    assert [s["periodic"] for s in periodic] == [0, 1, 2]
+    assert run.snapshots is not None
+    periodic = [json.loads(t.text) for t in run.snapshots.taken if t.meta["trigger"] == "periodic"]
+    assert [s["name"] for s in periodic] == ["periodic-0", "periodic-1", "periodic-2"]
     for snap, want in zip(periodic, (0.4, 2.0, 3.6), strict=True):
         assert want <= snap["workload_s"] < want + 1.0, snap["workload_s"]
-        assert "RIP=" in snap["registers"]
+        assert "RIP=" in snap["registers"] and len(snap["cpus"]) == TOPO.cpus
     assert run.timings.ready is not None and periodic[0]["at_s"] > run.timings.ready
     assert_clean(run, "steady")
 

@@ -137,6 +137,8 @@ class Scheduler:
         self.stopping = False
         self._kmsg: Kmsg | None = None
         self._threads: list[threading.Thread] = []
+        #: Kernel log lines read while waiting for the attach, for the death report.
+        self._early: list[str] = []
 
     def start(self) -> None:
         self._kmsg = Kmsg()
@@ -173,16 +175,26 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if scx_state() == "enabled" and scx_ops():
-                t = threading.Thread(target=self._watch, name="sched-watch", daemon=True)
-                t.start()
-                self._threads.append(t)
+                self._watch_from_now()
                 return None
             code = self.proc.poll()
             if code is not None:
                 time.sleep(0.2)  # let its last output arrive
+                self._early = self._exit_lines(wait=1.0)
+                if any(_DISABLED_RE.search(x) for x in self._early):
+                    # The kernel enabled it and disabled it again before we
+                    # looked (e.g. it stalled this agent): a death, not a
+                    # failure to attach; the watcher reports it with its reason.
+                    self._watch_from_now()
+                    return None
                 return f"{self.name} exited with status {code} before attaching"
             time.sleep(0.05)
         return f"{self.name} did not attach within {timeout:.0f}s (sched_ext state: {scx_state()})"
+
+    def _watch_from_now(self) -> None:
+        t = threading.Thread(target=self._watch, name="sched-watch", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _watch(self) -> None:
         assert self.proc is not None
@@ -196,7 +208,8 @@ class Scheduler:
     def _exit_lines(self, wait: float) -> list[str]:
         """Kernel log lines since start, waiting up to ``wait`` seconds for the
         disable message (printed late: after the disable work's RCU syncs)."""
-        lines: list[str] = []
+        lines: list[str] = self._early
+        self._early = []
         deadline = time.monotonic() + wait
         found_at = None
         while self._kmsg is not None and time.monotonic() < deadline:

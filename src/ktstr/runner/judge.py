@@ -227,6 +227,8 @@ def _execute_job(
     # One TCG thread runs every vCPU: the VM effectively has one host CPU.
     host_cpus = 1 if accel.accel is Accel.TCG and not accel.tcg_multithread else os.cpu_count()
     scale = timing_scale(accel.accel is Accel.TCG, req.topology.cpus, host_cpus or 1)
+    # Shared RAM even without the monitor: snapshots (and the exit one) read it.
+    req = dataclasses.replace(req, share_memory=True)
     if monitor_hz:
         req = dataclasses.replace(req, monitor=plan_monitor(scaled(thresholds, scale), monitor_hz))
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ktstr.errors import VmError
 from ktstr.host.gdbstub import Breakpoint, GdbError
 from ktstr.host.kernel import Kernel
 from ktstr.host.vm import Vm
@@ -76,6 +77,7 @@ class SnapshotRun:
     _failed: str = ""
     _bp: Breakpoint | None = None
     _next_check: float = 0.0
+    _arm_pending: bool = False
 
     @property
     def hz(self) -> int:
@@ -83,8 +85,16 @@ class SnapshotRun:
 
     # -- attaching ------------------------------------------------------------
     def kern_addrs(self, vm: Vm, addrs: KernAddrs) -> None:
-        if vm.memory_dir is not None and (self.kernel.directory / "vmlinux").is_file():
+        """The guest said where its kernel is: snapshots can read it, and the
+        exit breakpoint is set as soon as drgn is attached (``poll``), before
+        the agent starts any scheduler."""
+        if vm.memory_dir is None:
+            self._failed = "guest RAM is not shared with the host"
+        elif not (self.kernel.directory / "vmlinux").is_file():
+            self._failed = f"no vmlinux in {self.kernel.directory}"
+        else:
             self._target = target(self.kernel, vm.memory_dir, addrs)
+            self._arm_pending = True
 
     def _attachment(self) -> Attachment | None:
         mon = self.monitor.monitor if self.monitor is not None else None
@@ -127,16 +137,21 @@ class SnapshotRun:
 
     # -- triggers ---------------------------------------------------------------
     def poll(self, vm: Vm, workload_s: float) -> None:
-        """Between frames: the exit breakpoint hit, the monitor's warning."""
+        """Between frames: arm the exit breakpoint once drgn is attached; its
+        hit; the monitor's warning."""
+        mon = self.monitor.monitor if self.monitor is not None else None
+        if self._arm_pending and (mon is None or mon.attached.is_set()):
+            self._arm_pending = False
+            self.arm_exit(vm)
         bp = self._bp
         if bp is not None and not bp.hit.is_set() and time.monotonic() > self._next_check:
             self._next_check = time.monotonic() + STATUS_CHECK
-            if vm.qmp is not None and vm.qmp.status() == "debug":  # a hit QEMU did not report
-                bp.mark_hit()
+            with contextlib.suppress(VmError, OSError):  # QEMU may be on its way out
+                if vm.qmp is not None and vm.qmp.status() == "debug":  # a hit not reported
+                    bp.mark_hit()
         if bp is not None and bp.hit.is_set():
-            self.exit_at = (bp.hit_at or time.monotonic()) - vm.launched_at
             try:
-                self._at_exit(vm, workload_s)
+                self._at_exit(vm, workload_s, bp.hit_at or time.monotonic())
             finally:
                 bp.resume()
                 self._close_bp()
@@ -145,13 +160,14 @@ class SnapshotRun:
             self.wait_taken = True
             self.take(vm, "runnable_wait", workload_s=workload_s)
 
-    def _at_exit(self, vm: Vm, workload_s: float) -> None:
+    def _at_exit(self, vm: Vm, workload_s: float, hit_at: float) -> None:
         snap = self._snapshotter()
         if snap is None:
             return
-        state = snap.scx_state(snap.root())
+        state = _guarded(lambda: snap.scx_state(snap.root()))
         if state.get("exit_kind_value", 0) < SCX_EXIT_ERROR:
             return  # the scheduler unregistered normally
+        self.exit_at = hit_at - vm.launched_at
         self.exit_taken = True
         self.take(vm, "scheduler_exit", workload_s=workload_s, stopped=True)
 
@@ -188,18 +204,27 @@ class SnapshotRun:
             doc["late"] = "taken at the SchedExit frame: the kernel had torn the scheduler down"
         snap = self._snapshotter() if memory else None
         t = time.monotonic()
-        how = "" if stopped else self._freeze(vm)
         try:
-            doc["registers"] = vm.qmp.registers()
+            how = "" if stopped else self._freeze(vm)
+        except (VmError, OSError) as exc:  # QEMU went away: nothing to capture
+            meta["error"] = f"not taken: {exc}"[:300]
+            self.taken.append(Taken(meta=meta))
+            return meta
+        try:
+            try:
+                doc["registers"] = vm.qmp.registers()
+            except (VmError, OSError) as exc:
+                doc["registers_error"] = str(exc)[:300]
             if snap is not None:
                 r = time.monotonic()
                 doc.update(_guarded(snap.take))
                 doc["read_s"] = round(time.monotonic() - r, 4)
         finally:
-            self._thaw(vm, how)
+            with contextlib.suppress(VmError, OSError):
+                self._thaw(vm, how)
         meta["frozen_s"] = doc["frozen_s"] = round(time.monotonic() - t, 4)
         if memory and snap is None:
-            doc["error"] = meta["error"] = self._failed or "guest memory is not shared"
+            doc["error"] = meta["error"] = self._failed or "the guest's kernel was not located yet"
         self._keep(Taken(meta=_summary(meta, doc), text=json.dumps(doc, default=str)))
         return meta
 
