@@ -28,6 +28,19 @@ def test_off_cpu_and_spread():
     assert c.spread_pct == pytest.approx(25.0)
 
 
+def test_spread_compares_workers_on_equal_terms_only():
+    """pinned_llc: one worker pinned to a crowded LLC, one to an empty one.
+    Their off-CPU shares differ by design; two workers pinned alike do not."""
+    crowded, empty = (0, 1), (2, 3)
+    pinned = [
+        Sample(worker_report(on_ms=1000, units=10), ANY_CPU, 2.0, crowded),
+        Sample(worker_report(on_ms=2000, units=10), ANY_CPU, 2.0, empty),
+    ]
+    assert cgroup_stats("pinned", pinned).spread_pct == 0.0
+    twin = Sample(worker_report(on_ms=1600, units=10), ANY_CPU, 2.0, crowded)
+    assert cgroup_stats("pinned", [*pinned, twin]).spread_pct == pytest.approx(30.0)
+
+
 def test_worst_gap_and_latency_and_errors():
     c = cgroup_stats(
         "cg",

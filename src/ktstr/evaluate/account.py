@@ -260,7 +260,7 @@ def _match(
                     f"{w.planned_s:.2f}s",
                 )
             )
-        groups.setdefault(w.cgroup, []).append(Sample(r, w.allowed, w.planned_s))
+        groups.setdefault(w.cgroup, []).append(Sample(r, w.allowed, w.planned_s, w.affinity))
     return [Group(label + name, tuple(s)) for name, s in groups.items()], problems
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ktstr.protocol.messages import WorkerReport
 
@@ -20,6 +21,13 @@ class Sample:
     report: WorkerReport
     allowed: tuple[int, ...]
     planned_s: float
+    #: The CPUs the worker pins itself to, if the plan gives it an affinity.
+    affinity: tuple[int, ...] | None = None
+
+    @property
+    def terms(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        """What it competes on: workers with equal terms should fare alike."""
+        return self.allowed, self.affinity
 
     @property
     def ok(self) -> bool:
@@ -101,7 +109,6 @@ class RunStats:
 
 def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
     ok = [s for s in samples if s.ok]
-    offs = [off_cpu_pct(s) for s in ok]
     worst = max(ok, key=lambda s: s.report.max_gap_ms, default=None)
     lats = [x for s in ok for x in s.report.wake_lat_us]
     allowed = sorted({c for s in samples for c in s.allowed})
@@ -109,7 +116,7 @@ def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
         name=name,
         workers=len(samples),
         cpus=tuple(sorted({c for s in ok for c in s.report.cpus})),
-        spread_pct=(max(offs) - min(offs)) if offs else 0.0,
+        spread_pct=_spread(ok),
         max_gap_ms=worst.report.max_gap_ms if worst else 0.0,
         max_gap_cpu=worst.report.max_gap_cpu if worst else -1,
         max_gap_at_ms=worst.report.max_gap_at_ms if worst else 0.0,
@@ -122,6 +129,16 @@ def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
         errors=tuple(str(s.report.error) for s in samples if not s.ok),
         allowed=tuple(allowed) if allowed else None,
     )
+
+
+def _spread(ok: Sequence[Sample]) -> float:
+    """Off-CPU % spread (max - min) among workers on equal terms (same
+    cpuset, same pinning): workers pinned to different CPUs face different
+    competition by design, so comparing them says nothing about fairness."""
+    by_terms: dict[Any, list[float]] = {}
+    for s in ok:
+        by_terms.setdefault(s.terms, []).append(off_cpu_pct(s))
+    return max((max(v) - min(v) for v in by_terms.values() if len(v) > 1), default=0.0)
 
 
 def run_stats(groups: Iterable[Group]) -> RunStats:

@@ -261,8 +261,11 @@ class SnapshotRun:
             return 0, ""
         except GlobalError as exc:
             entry.update(status=exc.status, error=str(exc))
-            self.writes.append(entry)
-            return exc.status, str(exc)
+        except Exception as exc:  # the guest's structures did not read back: refuse, go on
+            log.debug("BPF write failed", exc_info=True)
+            entry.update(status=errno.EIO, error=f"{type(exc).__name__}: {exc}"[:300])
+        self.writes.append(entry)
+        return int(entry["status"]), str(entry["error"])
 
     def _freeze(self, vm: Vm) -> str:
         """Stop the guest: through the gdbstub while it is attached (see

@@ -147,6 +147,8 @@ class ExpectedWorker:
     index: int
     allowed: tuple[int, ...]
     planned_s: float
+    #: The CPUs it pins itself to (the plan's affinity for its index), if any.
+    affinity: tuple[int, ...] | None = None
 
 
 def unfold(plan: Plan, all_cpus: tuple[int, ...]) -> Ledger:
@@ -172,9 +174,16 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
             index=w.id[1],
             allowed=tuple(sorted(w.allowed)),
             planned_s=(w.stop_s or 0.0) - w.start_s,
+            affinity=_affinity(w.spec, w.id[1]),
         )
         for w in ledger.workers.values()
     )
+
+
+def _affinity(pc: PlanCgroup, index: int) -> tuple[int, ...] | None:
+    """What the guest pins worker ``index`` to (as ``guest/workers.specs_for``)."""
+    aff = pc.affinities[index % len(pc.affinities)] if pc.affinities else None
+    return tuple(sorted(aff)) if aff is not None else None
 
 
 def cpu_groups(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
