@@ -29,13 +29,19 @@ _EXPORTS = {
     "Thresholds": "ktstr.spec.checks",
     "HostRefused": "ktstr.errors",
     "Snapshot": "ktstr.evaluate.snapshots",
+    "Payload": "ktstr.spec.payload",
+    "Until": "ktstr.spec.payload",
+    "PayloadGate": "ktstr.spec.checks",
+    "payload_parser": "ktstr.evaluate.payloads",
 }
 
 if TYPE_CHECKING:
     from ktstr.authoring import ktstr_test
     from ktstr.errors import HostRefused
+    from ktstr.evaluate.payloads import payload_parser
     from ktstr.evaluate.snapshots import Snapshot
-    from ktstr.spec.checks import Thresholds
+    from ktstr.spec.checks import PayloadGate, Thresholds
+    from ktstr.spec.payload import Payload, Until
     from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
     from ktstr.spec.scheduler import Flag, Scheduler
     from ktstr.spec.topology import PRESETS, Topology
@@ -61,6 +67,8 @@ __all__ = [
     "HoldSpec",
     "HostRefused",
     "Op",
+    "Payload",
+    "PayloadGate",
     "Scenario",
     "SchedPolicy",
     "Scheduler",
@@ -68,7 +76,9 @@ __all__ = [
     "Step",
     "Thresholds",
     "Topology",
+    "Until",
     "Work",
     "__version__",
     "ktstr_test",
+    "payload_parser",
 ]

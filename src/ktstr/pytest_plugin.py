@@ -308,6 +308,11 @@ class RunResult:
     directory: Path
     snapshots: dict[str, Snapshot]
 
+    @property
+    def payloads(self) -> dict[str, dict[str, float]]:
+        """Metrics of each payload run by name (the last run of a name wins)."""
+        return {p.name: dict(p.metrics) for p in self.record.verdict.payloads}
+
 
 #: Host variables a guest must not inherit: temp and working directories that
 #: do not exist there, and session plumbing of the host's desktop and agents.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ktstr.evaluate.payloads import PayloadResult
 from ktstr.evaluate.stats import format_stats
 from ktstr.evaluate.verdict import Status, Verdict
 
@@ -86,6 +87,7 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
             ],
         },
         "findings": [dataclasses.asdict(f) for f in v.findings],
+        "payloads": [payload_json(p) for p in v.payloads],
         "artifacts": rec.artifacts,
         "notes": list(rec.notes),
         "monitor": rec.monitor,
@@ -94,6 +96,27 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
         "bpf_writes": list(rec.bpf_writes),
         "timeline": list(rec.timeline),
     }
+
+
+def payload_json(p: PayloadResult) -> dict[str, Any]:
+    d = dataclasses.asdict(p)
+    d["command"] = list(p.command)
+    return d
+
+
+def payload_lines(v: Verdict) -> list[str]:
+    """One line per payload run: how it ended and its headline metrics."""
+    out = []
+    for p in v.payloads:
+        where = f"payload {p.name}" + (f" #{p.index}" if p.index else "") + f" ({p.cgroup})"
+        how = f"exit {p.exit_code}" if p.ended == "exit" else f"{p.ended}, status {p.exit_code}"
+        shown = sorted(p.metrics.items(), key=lambda kv: (kv[0].count("."), kv[0]))[:8]
+        metrics = " ".join(f"{k}={x:.4g}" for k, x in shown)
+        more = f" (+{len(p.metrics) - 8} more)" if len(p.metrics) > 8 else ""
+        out.append(
+            f"{where}: {how}, {p.duration_s:.2f}s; {metrics or p.problem or 'no metrics'}{more}"
+        )
+    return out
 
 
 def write_sidecar(rec: RunRecord, directory: Path) -> Path:
@@ -129,6 +152,7 @@ def to_text(rec: RunRecord) -> str:
     lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {accel}]"]
     lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
     lines += format_stats(v.stats)
+    lines += payload_lines(v)
     if rec.monitor:
         lines.append(monitor_line(rec.monitor))
     if v.scale.factor != 1.0:
@@ -217,7 +241,7 @@ def to_junit(records: list[RunRecord], suite: str = "ktstr") -> str:
         elif rec.status is Status.SKIP:
             ET.SubElement(tc, "skipped", message=xml_text(rec.verdict.findings[0].message))
         out = ET.SubElement(tc, "system-out")
-        out.text = xml_text("\n".join(format_stats(rec.verdict.stats)))
+        out.text = xml_text("\n".join(format_stats(rec.verdict.stats) + payload_lines(rec.verdict)))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

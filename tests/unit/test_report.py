@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import xmlschema
 
+from ktstr.evaluate.payloads import PayloadResult
 from ktstr.evaluate.verdict import Outcome, RunData, evaluate
 from ktstr.report import RunRecord, to_json, to_junit, to_ktap, to_text, write_sidecar
 from ktstr.spec.checks import DEFAULTS, timing_scale
@@ -24,10 +25,28 @@ DATA = Path(__file__).parent.parent / "data"
 rep = functools.partial(worker_report, units=500, gap=12.0, cpus=(0, 1))
 
 
-def record(name: str, groups, outcome=None, scheduler=None) -> RunRecord:
+def payload(name: str, problem: str = "", **metrics: float) -> PayloadResult:
+    return PayloadResult(
+        name=name,
+        kind=name,
+        cgroup="bench",
+        index=0,
+        command=(name, "-g", "2"),
+        exit_code=0,
+        ended="exit",
+        duration_s=1.25,
+        planned_s=2.0,
+        metrics=metrics,
+        problem=problem,
+        check="payload_unparsed" if problem else "",
+        output_tail="cyclictest: unrecognized option" if problem else "",
+    )
+
+
+def record(name: str, groups, outcome=None, scheduler=None, payloads=()) -> RunRecord:
     outcome = outcome or Outcome()
     verdict = evaluate(
-        RunData(groups=tuple(group(*g) for g in groups), outcome=outcome),
+        RunData(groups=tuple(group(*g) for g in groups), outcome=outcome, payloads=payloads),
         DEFAULTS,
         timing_scale(True, 4, 2),
     )
@@ -50,8 +69,15 @@ RECORDS = [
     record(
         "steady",
         (("cg0", (rep(0), rep(1)), (0, 1, 2, 3)), ("cg1", (rep(0), rep(1)), (0, 1, 2, 3))),
+        payloads=(payload("hackbench", time_s=0.42),),
     ),
-    record("stalled", (("cg0", (rep(0, gap=35000.0, cpus=(1,)), rep(1, units=0)), (0, 1)),)),
+    record(
+        "stalled",
+        (("cg0", (rep(0, gap=35000.0, cpus=(1,)), rep(1, units=0)), (0, 1)),),
+        payloads=(
+            payload("cyclictest", "printed nothing parseable: the JSON report has no threads"),
+        ),
+    ),
     record(
         "qmap_error",
         (),
@@ -113,7 +139,8 @@ def test_json_golden_and_sidecar(tmp_path):
     path = write_sidecar(RECORDS[1], tmp_path / "run")
     doc = json.loads(path.read_text())
     assert doc["schema"] == "ktstr.result/1" and doc["status"] == "fail"
-    assert {f["check"] for f in doc["findings"]} == {"starvation", "gap"}
+    assert {f["check"] for f in doc["findings"]} == {"starvation", "gap", "payload_unparsed"}
+    assert doc["payloads"][0]["name"] == "cyclictest" and doc["payloads"][0]["metrics"] == {}
     assert doc["scale"] == {"factor": 8.0, "reason": "TCG x4, 4 vCPUs on 2 host CPUs x2"}
 
 

@@ -40,7 +40,8 @@ def groups(run: GuestRun, sched: bool = False):
     """The samples the host vouches for, and what the plan owed and did not get."""
     plan = PLANS[id(run)]
     expect = Expectation(name=plan.scenario, topology=TOPO, plans=(plan,), scheduler=sched)
-    return account(run.evidence, expect)
+    found, missing, _ = account(run.evidence, expect)
+    return found, missing
 
 
 def assert_clean(run: GuestRun, name: str, sched: bool = False) -> None:

@@ -22,7 +22,7 @@ from ktstr.host.results import (
     write_private,
 )
 from ktstr.report import to_junit, to_ktap, to_text
-from ktstr.runner import SchedulerRun, execute, scheduler_binary
+from ktstr.runner import SchedulerRun, check_payload_tools, execute, scheduler_binary
 from ktstr.spec.catalog import SCENARIOS
 from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
 from ktstr.spec.scenario import Scenario, resolve
@@ -85,6 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = _check_outputs(args)
     base = dataclasses.replace(boot_request(args, {}, name="run"), num_snapshots=args.snapshots)
     plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
+    for plan in plans:
+        check_payload_tools(plan)
     sched = _scheduler_run(args, base.kernel)
     label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
     records = []
@@ -152,6 +154,8 @@ def cmd_show_thresholds(args: argparse.Namespace) -> int:
     )
     scaled_chain = scaled(chain, tcg)
     for f in dataclasses.fields(Thresholds):
+        if f.name == "payload":
+            continue
         value = getattr(chain, f.name)
         shown = "off" if value in (None, False) else "on" if value is True else value
         extra = ""
@@ -160,6 +164,10 @@ def cmd_show_thresholds(args: argparse.Namespace) -> int:
         if value not in (None, False, True) and getattr(scaled_chain, f.name) != value:
             extra = f"   (under TCG here: {getattr(scaled_chain, f.name):g}; {tcg.reason})"
         print(f"  {f.name:20} {shown}{extra}")
+    for g, sg in zip(chain.payload, scaled_chain.payload, strict=True):
+        if g.op != "off":
+            under = f"   (under TCG here: {sg.value:g}; {tcg.reason})" if sg != g else ""
+            print(f"  {g.describe()}{under}")
     return 0
 
 

@@ -24,12 +24,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ktstr.evaluate.payloads import PayloadResult, measure
 from ktstr.evaluate.stats import Group, Sample
 from ktstr.evaluate.verdict import Finding, Outcome, RunData
 from ktstr.protocol.evidence import Damage, Evidence, ScenarioRecord
 from ktstr.protocol.messages import PayloadError, RunSummary, WorkerReport
 from ktstr.protocol.validate import check
-from ktstr.spec.ledger import ExpectedWorker, expected_workers
+from ktstr.spec.ledger import ExpectedPayload, ExpectedWorker, expected_payloads, expected_workers
 from ktstr.spec.scenario import Plan
 from ktstr.spec.serde import from_data, to_data
 from ktstr.spec.topology import Topology
@@ -264,9 +265,39 @@ def _match(
     return [Group(label + name, tuple(s)) for name, s in groups.items()], problems
 
 
-def account(ev: Evidence, ex: Expectation) -> tuple[list[Group], list[Finding]]:
-    """The worker samples the host can vouch for, and the completeness
-    findings (what the plan owed and the guest did not deliver)."""
+def _match_payloads(
+    rec: ScenarioRecord, want: tuple[ExpectedPayload, ...], label: str
+) -> tuple[list[PayloadResult], list[Finding]]:
+    """One result per planned payload run, measured; the rest are findings."""
+    got: dict[tuple[str, str, int], list[Any]] = {}
+    for m in rec.payloads:
+        got.setdefault((m.payload, m.cgroup, m.index), []).append(m)
+    keys = {(w.payload.name, w.cgroup, w.index) for w in want}
+    problems = []
+    missing = [w.label for w in want if (w.payload.name, w.cgroup, w.index) not in got]
+    dup = [f"{n}@{c}" for (n, c, _), ms in got.items() if len(ms) > 1]
+    extra = [f"{n}@{c}" for (n, c, i) in got if (n, c, i) not in keys]
+    for name, what, names in (
+        ("lost_payload", "no result from payload", missing),
+        ("duplicate_payload", "more than one result from payload", dup),
+        ("unexpected_payload", "results from unplanned payload", extra),
+    ):
+        if names:
+            shown = ", ".join(names[:NAMED]) + (" ..." if len(names) > NAMED else "")
+            problems.append(_fail(name, f"{label}{what}(s) {shown}", payloads=names))
+    results = [
+        measure(w, got[(w.payload.name, w.cgroup, w.index)][0])
+        for w in want
+        if len(got.get((w.payload.name, w.cgroup, w.index), ())) == 1
+    ]
+    return results, problems
+
+
+def account(
+    ev: Evidence, ex: Expectation
+) -> tuple[list[Group], list[Finding], list[PayloadResult]]:
+    """The worker samples and payload results the host can vouch for, and the
+    completeness findings (what the plan owed and the guest did not deliver)."""
     problems = _summary(ev, ex)
     if ex.scheduler and "scheduler_attached" not in ev.phases() and ev.sched_exit is None:
         problems.append(_fail("no_attach", "no confirmation that the scheduler attached"))
@@ -274,6 +305,7 @@ def account(ev: Evidence, ex: Expectation) -> tuple[list[Group], list[Finding]]:
     problems += plan_problems
     cpus = tuple(range(ex.topology.cpus))
     groups: list[Group] = []
+    payloads: list[PayloadResult] = []
     for i, (rec, plan) in enumerate(pairs):
         label = f"s{i + 1}:" if len(pairs) > 1 else ""
         if rec.ended_at is None:
@@ -281,13 +313,17 @@ def account(ev: Evidence, ex: Expectation) -> tuple[list[Group], list[Finding]]:
         g, p = _match(rec, expected_workers(plan, cpus), label)
         groups += g
         problems += p
-    return groups, problems
+        r, p = _match_payloads(rec, expected_payloads(plan, cpus), label)
+        payloads += r
+        problems += p
+    return groups, problems, payloads
 
 
 def run_data(ev: Evidence, ex: Expectation, host: Outcome) -> RunData:
-    groups, completeness = account(ev, ex)
+    groups, completeness, payloads = account(ev, ex)
     return RunData(
         groups=tuple(groups),
+        payloads=tuple(payloads),
         outcome=outcome_from(ev, host),
         integrity=tuple(integrity(ev)),
         completeness=tuple(completeness),

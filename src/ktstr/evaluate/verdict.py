@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from ktstr.evaluate.payloads import PayloadResult, payload_findings
 from ktstr.evaluate.stats import CgroupStats, Group, RunStats, Sample, percentile, run_stats
 from ktstr.spec.checks import Scale, Thresholds, scaled
 from ktstr.spec.topology import format_cpus
@@ -61,6 +62,8 @@ class RunData:
     #: What the host's monitor saw in the guest kernel (evaluate/monitor.py):
     #: failures, or, when the run broke anyway, its explanation (info).
     monitor: tuple[Finding, ...] = ()
+    #: Every planned payload run the guest reported, measured.
+    payloads: tuple[PayloadResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +73,7 @@ class Verdict:
     stats: RunStats
     thresholds: Thresholds  # as applied (after scaling)
     scale: Scale
+    payloads: tuple[PayloadResult, ...] = ()
 
     @property
     def failures(self) -> tuple[Finding, ...]:
@@ -265,5 +269,16 @@ def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> 
                 if s.ok:
                     findings += _worker_checks(t, s, f"{group.name}[{s.report.index}]")
             findings += _cgroup_checks(t, c, group.samples)
+        findings += [
+            Finding(check, "fail", msg, ev)
+            for check, msg, ev in payload_findings(data.payloads, t.payload, scale.reason)
+        ]
     status = Status.FAIL if any(f.cls == "fail" for f in findings) else Status.PASS
-    return Verdict(status=status, findings=tuple(findings), stats=stats, thresholds=t, scale=scale)
+    return Verdict(
+        status=status,
+        findings=tuple(findings),
+        stats=stats,
+        thresholds=t,
+        scale=scale,
+        payloads=data.payloads,
+    )

@@ -19,6 +19,7 @@ from typing import Any
 
 from ktstr.errors import HostRefused
 from ktstr.guest.cgroups import CgroupTree
+from ktstr.guest.payloads import PayloadRun
 from ktstr.guest.sched_ext import QUIRKS, Scheduler, pin_kthread, scx_ops, scx_state
 from ktstr.guest.workers import WorkerPool, specs_for
 from ktstr.protocol.messages import (
@@ -33,7 +34,7 @@ from ktstr.protocol.messages import (
     WorkerReport,
     WorkerReports,
 )
-from ktstr.spec.ledger import Effect, Ledger
+from ktstr.spec.ledger import Effect, Ledger, PayloadId
 from ktstr.spec.scenario import OpKind, Plan, PlanOp, PlanStep
 from ktstr.spec.serde import from_data, to_data
 
@@ -84,6 +85,7 @@ class Executor:
         self.pool = WorkerPool()
         self.sched: Scheduler | None = None
         self.t0 = 0.0
+        self.payloads: dict[PayloadId, PayloadRun] = {}
 
     def send(self, msg: Any) -> None:
         self.port.send(self.port.enc.message(msg))
@@ -144,6 +146,34 @@ class Executor:
                 pids[f"{w.spec.cgroup}[{w.spec.index}]"] = w.pid
         return pids
 
+    def _start_payloads(self, effect: Effect) -> dict[str, int]:
+        pids = {}
+        for life in effect.start_payloads:
+            run = PayloadRun(
+                life.payload,
+                life.id[0],
+                life.id[1],
+                str(self.tree.procs_dir(life.id[0])),
+                "/tmp/ktstr-payloads",
+            )
+            self.payloads[life.id] = run
+            run.start()
+            if run.proc is not None:
+                pids[f"payload {life.payload.name}"] = run.proc.pid
+        return pids
+
+    def _stop_payloads(self, ids: tuple[PayloadId, ...] | None = None) -> None:
+        """Stop these payloads (or every one still owed) and send their results."""
+        for pid in list(self.payloads) if ids is None else ids:
+            run = self.payloads.pop(pid, None)
+            if run is not None:
+                run.stop()
+                self.send(run.result())
+
+    def _kill_payloads(self) -> None:
+        for run in self.payloads.values():
+            run.kill()
+
     def _stuck(self, wid: tuple[str, int], pid: int, what: str) -> None:
         """A worker did not stop: say so now, while the agent still can."""
         worker = f"{wid[0]}[{wid[1]}]"
@@ -162,9 +192,11 @@ class Executor:
                 kids = any(p.startswith(pc.path + "/") for p in paths)
                 self.tree.create(pc.path, pc.cpus, has_children=kids)
             pids = self._spawn(effect)
+            pids.update(self._start_payloads(effect))
             self.stimulus(k.value, cgroups=paths, pids=pids)
         elif k in (OpKind.REMOVE_CGROUP, OpKind.STOP):
             self.reports += self.pool.stop(list(effect.stop))
+            self._stop_payloads(effect.stop_payloads)
             if k is OpKind.REMOVE_CGROUP:
                 self.tree.remove(op.path)
             self.stimulus(k.value, cgroup=op.path, stopped=len(effect.stop))
@@ -221,11 +253,12 @@ class Executor:
         """Run one plan: fresh cgroups, workers and ledger; the scheduler stays."""
         self.plan, self.reports = plan, []
         self.ledger = Ledger(self.all_cpus)
-        self.tree, self.pool = CgroupTree(), WorkerPool()
+        self.tree, self.pool, self.payloads = CgroupTree(), WorkerPool(), {}
         self.pool.on_stuck = self._stuck
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.tree)
             stack.callback(self.pool.close)
+            stack.callback(self._kill_payloads)
             self.t0 = time.monotonic()
             self.send(ScenarioStart(name=plan.scenario, plan=to_data(plan)))
             for step in plan.steps:
@@ -236,6 +269,7 @@ class Executor:
             elapsed = time.monotonic() - self.t0
             self.send(ScenarioEnd(name=plan.scenario))
             self.reports += self.pool.stop()
+            self._stop_payloads()
             self._send_reports()
             self.pool.close()
             self.tree.close()

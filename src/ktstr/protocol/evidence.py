@@ -43,7 +43,9 @@ VERDICT_KINDS = frozenset(MessageKind) - TEXT_KINDS - {MessageKind.HOST_REPLY}
 KEEP_DETAIL = 16
 _OVER = "\0over budget"
 #: Kinds whose kept payloads count against ``Budget.payload_bytes``.
-_BUDGETED = frozenset({MessageKind.WORKER_REPORTS, MessageKind.SCENARIO_START})
+_BUDGETED = frozenset(
+    {MessageKind.WORKER_REPORTS, MessageKind.SCENARIO_START, MessageKind.PAYLOAD_METRICS}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class ScenarioRecord:
     ended_at: float | None = None
     reports: list[WorkerReport] = field(default_factory=list)
     stimuli: list[Stimulus] = field(default_factory=list)
+    payloads: list[PayloadMetrics] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -83,7 +86,6 @@ class Evidence:
     kern_addrs: KernAddrs | None = None
     scenarios: list[ScenarioRecord] = field(default_factory=list)
     results: list[TestResult] = field(default_factory=list)
-    metrics: list[PayloadMetrics] = field(default_factory=list)
     lifecycle: list[tuple[float, Lifecycle]] = field(default_factory=list)
     pauses: list[tuple[str, float]] = field(default_factory=list)  # ("pause"|"resume", at)
     sched_exit: SchedExit | None = None
@@ -272,8 +274,11 @@ class Collector:
     def _result(self, msg: TestResult, at: float) -> str:
         return self._listed("results", self.evidence.results, msg)
 
-    def _metrics(self, msg: PayloadMetrics, at: float) -> str:
-        return self._listed("metrics", self.evidence.metrics, msg)
+    def _payload(self, msg: PayloadMetrics, at: float) -> str:
+        ev = self.evidence
+        if not ev.scenarios:
+            return "a payload result before any scenario"
+        return self._listed("payloads", ev.scenarios[-1].payloads, msg)
 
     def _lifecycle(self, msg: Lifecycle, at: float) -> str:
         return self._listed("lifecycle", self.evidence.lifecycle, (at, msg))
@@ -315,7 +320,7 @@ _KEEPERS: dict[MessageKind, Any] = {
     MessageKind.STIMULUS: Collector._stimulus,
     MessageKind.WORKER_REPORTS: Collector._reports,
     MessageKind.TEST_RESULT: Collector._result,
-    MessageKind.PAYLOAD_METRICS: Collector._metrics,
+    MessageKind.PAYLOAD_METRICS: Collector._payload,
     MessageKind.LIFECYCLE: Collector._lifecycle,
     MessageKind.SCHED_EXIT: Collector._sched_exit,
     MessageKind.CRASH: Collector._crash,

@@ -238,13 +238,33 @@ class RunSummary:
     scheduler_died: bool = False
 
 
+#: Output a payload result carries (characters): the tail of stdout and
+#: stderr, and the whole report file (stress-ng's YAML, cyclictest's JSON).
+PAYLOAD_OUT_MAX = 64 << 10
+PAYLOAD_ERR_MAX = 16 << 10
+PAYLOAD_REPORT_MAX = 256 << 10
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PayloadMetrics(JsonPayload):
-    """Metrics from a real payload (schbench, stress-ng, ...)."""
+    """One payload run's result: how it ended and what it printed. The host
+    derives the metrics (``evaluate/payloads.py``): the raw output is the
+    evidence, and the parsers run on the trusted side."""
 
     KIND = MessageKind.PAYLOAD_METRICS
-    payload: str = _f(max_len=256)
-    metrics: dict[str, float] = _f({}, max_len=256, lo=-_BIG, hi=_BIG)
+    payload: str = _f(max_len=64)  # its name in the plan
+    cgroup: str = _f(max_len=4096)  # where it started
+    index: int = _f(0, lo=0, hi=1 << 20)  # runs of a payload in that cgroup before it
+    command: list[str] = _f([], max_len=80)
+    exit_code: int | None = _f(None, lo=-255, hi=255)  # negative: killed by that signal
+    #: It ended on its own (``exit``) or when the agent stopped it
+    #: (``stopped``: SIGINT, then SIGKILL after a grace), or never started.
+    ended: str = _f(max_len=16)
+    duration_s: float = _f(0.0, lo=0, hi=_BIG)
+    stdout: str = _f("", max_len=PAYLOAD_OUT_MAX)
+    stderr: str = _f("", max_len=PAYLOAD_ERR_MAX)
+    report: str = _f("", max_len=PAYLOAD_REPORT_MAX)
+    error: str = _f("", max_len=4096)  # the agent could not run it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

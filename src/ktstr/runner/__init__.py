@@ -8,6 +8,7 @@ from ktstr.runner.boot import BootRequest, GuestRun, prepare
 from ktstr.runner.guest import run_guest
 from ktstr.runner.judge import (
     SchedulerRun,
+    check_payload_tools,
     execute,
     execute_job,
     run_scenario,
@@ -20,6 +21,7 @@ __all__ = [
     "BootRequest",
     "GuestRun",
     "SchedulerRun",
+    "check_payload_tools",
     "execute",
     "execute_job",
     "prepare",

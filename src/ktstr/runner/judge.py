@@ -297,6 +297,23 @@ def _execute_job(
     return rec
 
 
+def check_payload_tools(plan: Plan) -> None:
+    """Every program the plan's payloads run exists on the host (the guest
+    runs the host's binaries), or one clear line before any boot."""
+    for step in plan.steps:
+        for op in step.ops:
+            for pc in op.cgroups:
+                p = pc.payload
+                if p is None or shutil.which(p.program):
+                    continue
+                how = f"apt-get install {p.package}" if p.package else "install it"
+                raise ConfigError(
+                    f"payload {p.name} needs {p.program!r}, which is not on this host's PATH "
+                    "(the guest runs the host's programs)",
+                    hint=f"{how} (./scripts/setup installs the payload tools)",
+                )
+
+
 def execute(
     req: BootRequest,
     plan: Plan,
@@ -308,6 +325,7 @@ def execute(
     monitor_hz: float | None = 10.0,
 ) -> RunRecord:
     """One canned scenario in one VM, judged against the host's own plan."""
+    check_payload_tools(plan)
     expect = Expectation(
         name=plan.scenario,
         topology=req.topology,

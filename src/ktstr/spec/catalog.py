@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ktstr.spec.checks import Thresholds
+from ktstr.spec.payload import Payload
 from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
 from ktstr.spec.work import Affinity, AffinityMode, SchedPolicy, Work
 
@@ -122,6 +124,55 @@ CATALOG: tuple[Scenario, ...] = (
             CgroupDef(name="single", workers=2, affinity=Affinity(mode=AffinityMode.SINGLE_CPU)),
         ],
         "LLC-aligned and single-CPU affinities",
+    ),
+    # -- real payloads (the host needs stress-ng, rt-tests and perf) --
+    Scenario.of_defs(
+        "scx_smoke",
+        [
+            CgroupDef(
+                name="stress",
+                workers=0,
+                payload=Payload.stress_ng("--cpu", "0", "--fork", "0", "--affinity", "0"),
+            )
+        ],
+        "sched_ext CI's smoke load: stress-ng cpu, fork and affinity stressors on every CPU",
+        # A smoke test: the scheduler survives and every stressor completes.
+        # Fork storms pile short-lived tasks on one run queue for moments
+        # under any scheduler; that imbalance is not what this load tests.
+        thresholds=Thresholds(max_imbalance=False),
+    ),
+    Scenario.of_defs(
+        "hackbench_hogs",
+        [
+            CgroupDef(
+                name="bench", workers=0, payload=Payload.hackbench(groups=2, loops=50, fds=10)
+            ),
+            CgroupDef(name="hogs", workers=2),
+        ],
+        "hackbench (process mode, sockets) beside CPU hogs in another cgroup",
+    ),
+    Scenario.of_defs(
+        "cyclictest_noisy",
+        [
+            CgroupDef(
+                name="latency", workers=0, payload=Payload.cyclictest(threads=2, interval_us=1000)
+            ),
+            CgroupDef(name="noise", workers=4, work=Work.mixed()),
+        ],
+        "cyclictest (SCHED_OTHER, so the scheduler under test places it) beside a noisy cgroup",
+    ),
+    Scenario.of_defs(
+        "perf_pipe_llcs",
+        [
+            CgroupDef(
+                name="pipe",
+                workers=0,
+                cpuset=CpusetSpec.across_llcs(2),
+                payload=Payload.perf_pipe(loops=2_000),
+            ),
+            CgroupDef(name="bg", workers=1),
+        ],
+        "perf bench sched pipe between two CPUs of different LLCs, one spinner beside",
     ),
 )
 

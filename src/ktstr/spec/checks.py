@@ -15,12 +15,92 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ktstr.errors import ConfigError
 
 Value = float | bool | None
+
+_GATE = re.compile(
+    r"payload\.([a-z][a-z0-9_-]{0,31}\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})(<=|>=|=)(.*)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadGate:
+    """A bound on a payload metric: ``payload.hackbench.time_s <= 12``.
+    ``metric`` is ``NAME.METRIC``; ``op`` is ``<=``, ``>=`` or ``off``."""
+
+    metric: str
+    op: str
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if _GATE.fullmatch(f"payload.{self.metric}<=0") is None:
+            raise ConfigError(f"payload gate {self.metric!r}: expected NAME.METRIC")
+        if self.op not in ("<=", ">=", "off"):
+            raise ConfigError(f"payload gate {self.metric}: op must be <=, >= or off")
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"payload gate {self.metric}: {v!r} is not a finite number")
+
+    @property
+    def payload(self) -> str:
+        return self.metric.split(".", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.metric.split(".", 1)[1]
+
+    def describe(self) -> str:
+        return (
+            f"payload.{self.metric} {self.op} {self.value:g}"
+            if self.op != "off"
+            else (f"payload.{self.metric} off")
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> PayloadGate:
+        """``payload.NAME.METRIC<=12``, ``>=3`` or ``=off``."""
+        m = _GATE.fullmatch(text.replace(" ", ""))
+        if m is None:
+            raise ConfigError(
+                f"bad payload gate {text!r}: expected payload.NAME.METRIC<=VALUE, >=VALUE or =off"
+            )
+        metric, op, raw = m.groups()
+        if op == "=" and raw == "off":
+            return cls(metric, "off")
+        if op == "=":
+            raise ConfigError(f"payload gate {text!r}: say <= or >= (which way is worse?)")
+        try:
+            return cls(metric, op, float(raw))
+        except ValueError:
+            raise ConfigError(f"payload gate {text!r}: {raw!r} is not a number") from None
+
+
+def _gates(value: Any) -> tuple[PayloadGate, ...]:
+    """``{"hackbench.time_s": "<=12"}`` or gates -> gates."""
+    if isinstance(value, dict):
+        return tuple(
+            PayloadGate.parse(f"payload.{k}{v if str(v)[:2] in ('<=', '>=') else '=' + str(v)}")
+            for k, v in value.items()
+        )
+    if not isinstance(value, tuple | list) or not all(isinstance(g, PayloadGate) for g in value):
+        raise ConfigError(f"threshold payload: expected a dict or PayloadGates, got {value!r}")
+    return tuple(value)
+
+
+def time_like(metric: str) -> str:
+    """ "max" for times (bigger is slower), "min" for rates, "" otherwise:
+    which way emulation moves a metric."""
+    if metric.endswith(("_per_s", "_per_cpu_s")):
+        return "min"
+    if metric.endswith(("_s", "_ms", "_us", "usecs_per_op")):
+        return "max"
+    return ""
+
 
 #: TCG runs guest code an order of magnitude slower and its vCPU threads are
 #: host threads that the host scheduler preempts: gaps and latencies that are
@@ -48,9 +128,14 @@ class Thresholds:
     max_idle_waiting_ms: Value = None  # a CPU idle while a task allowed on it waits
     monitor_sustain: Value = None  # consecutive samples a monitor condition must hold
     sched_watchdog_s: Value = None  # sched_ext watchdog timeout ktstr sets after attach
+    #: Bounds on payload metrics (``payload.NAME.METRIC<=X``); merged by metric.
+    payload: tuple[PayloadGate, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "payload", _gates(self.payload))
         for f in dataclasses.fields(self):
+            if f.name == "payload":
+                continue
             v = getattr(self, f.name)
             if f.name in AUTO_CHECKS and v is True:
                 continue
@@ -76,29 +161,36 @@ class Thresholds:
         changes = {
             f.name: getattr(over, f.name)
             for f in dataclasses.fields(over)
-            if getattr(over, f.name) is not None
+            if getattr(over, f.name) is not None and f.name != "payload"
         }
-        return dataclasses.replace(self, **changes)
+        gates = {g.metric: g for g in (*self.payload, *over.payload)}
+        return dataclasses.replace(self, **changes, payload=tuple(gates.values()))
 
     def active(self) -> dict[str, Any]:
         """Checks that are on, with their values."""
-        return {
+        out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) not in (None, False)
+            if getattr(self, f.name) not in (None, False) and f.name != "payload"
         }
+        gates = [g.describe() for g in self.payload if g.op != "off"]
+        return {**out, "payload": gates} if gates else out
 
     @classmethod
     def parse(cls, items: list[str]) -> Thresholds:
         """``name=value`` strings (``off``/``on`` too), e.g. from the CLI."""
         kw: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"payload"}
+        gates = []
         for item in items:
+            if item.startswith("payload."):
+                gates.append(PayloadGate.parse(item))
+                continue
             name, sep, raw = item.partition("=")
             if not sep or name not in names:
                 raise ConfigError(
                     f"bad threshold {item!r}: expected NAME=VALUE with NAME one of "
-                    f"{', '.join(sorted(names))}"
+                    f"{', '.join(sorted(names))}, or payload.NAME.METRIC<=VALUE"
                 )
             if raw in ("off", "false"):
                 kw[name] = False
@@ -109,7 +201,7 @@ class Thresholds:
                     kw[name] = float(raw)
                 except ValueError:
                     raise ConfigError(f"threshold {name}: {raw!r} is not a number") from None
-        return cls(**kw)
+        return cls(**kw, payload=tuple(gates))
 
 
 BOOL_CHECKS = frozenset({"not_starved", "isolation"})
@@ -181,4 +273,12 @@ def scaled(t: Thresholds, scale: Scale) -> Thresholds:
         v = getattr(t, name)
         if v not in (None, False):
             changes[name] = float(v) / scale.factor
-    return dataclasses.replace(t, **changes)
+    gates = []
+    for g in t.payload:
+        how, value = time_like(g.key), g.value
+        if (how, g.op) == ("max", "<="):
+            value *= scale.factor
+        elif (how, g.op) == ("min", ">="):
+            value /= scale.factor
+        gates.append(PayloadGate(g.metric, g.op, value))
+    return dataclasses.replace(t, **changes, payload=tuple(gates))

@@ -15,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ktstr.spec.payload import Payload
 from ktstr.spec.scenario import OpKind, Plan, PlanCgroup, PlanOp
 
 WorkerId = tuple[str, int]
+#: A payload run: (cgroup it started in, how many ran there before it).
+PayloadId = tuple[str, int]
 
 
 @dataclass(slots=True)
@@ -26,6 +29,15 @@ class WorkerLife:
     cgroup: str  # where it is now (a MOVE_ALL changes it)
     spec: PlanCgroup  # what it was spawned from: work, policy, affinity
     allowed: set[int]
+    start_s: float
+    stop_s: float | None = None
+
+
+@dataclass(slots=True)
+class PayloadLife:
+    id: PayloadId
+    cgroup: str  # where it is now (a MOVE_ALL changes it)
+    payload: Payload
     start_s: float
     stop_s: float | None = None
 
@@ -44,6 +56,8 @@ class Effect:
     spawn: tuple[Spawn, ...] = ()
     stop: tuple[WorkerId, ...] = ()
     moved: tuple[WorkerId, ...] = ()
+    start_payloads: tuple[PayloadLife, ...] = ()
+    stop_payloads: tuple[PayloadId, ...] = ()
 
 
 def _under(path: str, top: str) -> bool:
@@ -56,6 +70,7 @@ class Ledger:
     live: dict[str, PlanCgroup] = field(default_factory=dict)
     next_index: dict[str, int] = field(default_factory=dict)
     workers: dict[WorkerId, WorkerLife] = field(default_factory=dict)
+    payloads: dict[PayloadId, PayloadLife] = field(default_factory=dict)
 
     def effective(self, path: str) -> tuple[int, ...]:
         """cgroup v2: a cpuset narrows its parent's; an empty result falls
@@ -96,6 +111,27 @@ class Ledger:
             out.append(w.id)
         return tuple(out)
 
+    def _start_payload(self, pc: PlanCgroup, t: float) -> PayloadLife:
+        assert pc.payload is not None
+        n = sum(1 for pid in self.payloads if pid[0] == pc.path)
+        life = PayloadLife((pc.path, n), pc.path, pc.payload, t)
+        self.payloads[life.id] = life
+        return life
+
+    def running_payloads(self, top: str | None = None) -> list[PayloadLife]:
+        return [
+            p
+            for p in self.payloads.values()
+            if p.stop_s is None and (top is None or _under(p.cgroup, top))
+        ]
+
+    def _stop_payloads(self, top: str | None, t: float) -> tuple[PayloadId, ...]:
+        out = []
+        for p in self.running_payloads(top):
+            p.stop_s = t
+            out.append(p.id)
+        return tuple(out)
+
     def _set_cpus(self, path: str, cpus: tuple[int, ...] | None) -> None:
         self.live[path] = dataclasses.replace(self.live[path], cpus=cpus)
 
@@ -103,18 +139,21 @@ class Ledger:
         """Apply one op at planned time ``t`` (seconds into the scenario)."""
         k = op.kind
         if k is OpKind.ADD_CGROUP:
-            spawns = []
+            spawns, started = [], []
             for pc in op.cgroups:  # parent first
                 self.live[pc.path] = pc
                 if pc.workers:
                     spawns.append(self._spawn(pc, pc.workers, t))
-            return Effect(spawn=tuple(spawns))
+                if pc.payload is not None:
+                    started.append(self._start_payload(pc, t))
+            return Effect(spawn=tuple(spawns), start_payloads=tuple(started))
         if k in (OpKind.REMOVE_CGROUP, OpKind.STOP):
             stopped = self._stop(op.path, t)
+            ended = self._stop_payloads(op.path, t)
             if k is OpKind.REMOVE_CGROUP:
                 for path in [p for p in self.live if _under(p, op.path)]:
                     del self.live[path]
-            return Effect(stop=stopped)
+            return Effect(stop=stopped, stop_payloads=ended)
         if k in (OpKind.SET_CPUSET, OpKind.CLEAR_CPUSET):
             self._set_cpus(op.path, op.cpus)
             self._refresh(op.path)
@@ -130,12 +169,15 @@ class Ledger:
             moved = self.running(op.path)
             for w in moved:
                 w.cgroup = op.other
+            for p in self.running_payloads(op.path):
+                p.cgroup = op.other
             self._refresh(op.other)
             return Effect(moved=tuple(w.id for w in moved))
         return Effect()
 
     def finish(self, t: float) -> tuple[WorkerId, ...]:
-        """The scenario ends: every worker still running stops at ``t``."""
+        """The scenario ends: every worker and payload still running stops at ``t``."""
+        self._stop_payloads(None, t)
         return self._stop(None, t)
 
 
@@ -180,6 +222,28 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ExpectedPayload:
+    """A payload run the plan owes a result for."""
+
+    cgroup: str
+    index: int
+    payload: Payload
+    planned_s: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.payload.name}@{self.cgroup}" + (f"#{self.index}" if self.index else "")
+
+
+def expected_payloads(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedPayload, ...]:
+    ledger = unfold(plan, all_cpus)
+    return tuple(
+        ExpectedPayload(p.id[0], p.id[1], p.payload, (p.stop_s or 0.0) - p.start_s)
+        for p in ledger.payloads.values()
+    )
+
+
 def _affinity(pc: PlanCgroup, index: int) -> tuple[int, ...] | None:
     """What the guest pins worker ``index`` to (as ``guest/workers.specs_for``)."""
     aff = pc.affinities[index % len(pc.affinities)] if pc.affinities else None
@@ -188,8 +252,8 @@ def _affinity(pc: PlanCgroup, index: int) -> tuple[int, ...] | None:
 
 def cpu_groups(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """The CPU sets whose run queues a scheduler should keep balanced: every
-    effective cpuset a cgroup with workers had during ``plan`` (all CPUs for
-    a cgroup without one)."""
+    effective cpuset a cgroup with workers or a payload had during ``plan``
+    (all CPUs for a cgroup without one)."""
     ledger = Ledger(all_cpus)
     groups: set[tuple[int, ...]] = set()
     t = 0.0
@@ -198,5 +262,6 @@ def cpu_groups(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[tuple[int, ...], 
             for op in step.ops:
                 ledger.apply(op, t + k * step.loop_interval_s)
                 groups.update(ledger.effective(w.cgroup) for w in ledger.running())
+                groups.update(ledger.effective(p.cgroup) for p in ledger.running_payloads())
         t += step.hold_s
     return tuple(sorted(g for g in groups if len(g) > 1))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from ktstr.errors import ConfigError
 from ktstr.spec.checks import Thresholds
+from ktstr.spec.payload import Payload
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import INHERIT, NORMAL, Affinity, SchedPolicy, Work
 
@@ -32,6 +33,7 @@ class CpusetMode(enum.Enum):
     OVERLAP = "overlap"  # part `index` of `of`, widened to overlap its neighbours by `overlap`
     RANGE = "range"  # CPUs lo..hi inclusive
     EXACT = "exact"  # exactly `cpus`
+    ACROSS_LLCS = "across_llcs"  # `of` CPUs, each from a different LLC where there are enough
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +76,12 @@ class CpusetSpec:
         return cls(mode=CpusetMode.OVERLAP, index=index, of=of, overlap=overlap)
 
     @classmethod
+    def across_llcs(cls, count: int = 2) -> CpusetSpec:
+        """``count`` CPUs, the first of LLC 0, 1, ...: every wake-up between
+        them crosses an LLC (with fewer LLCs, the rest come from LLC 0)."""
+        return cls(mode=CpusetMode.ACROSS_LLCS, of=count)
+
+    @classmethod
     def range(cls, lo: int, hi: int) -> CpusetSpec:
         return cls(mode=CpusetMode.RANGE, lo=lo, hi=hi)
 
@@ -102,6 +110,10 @@ class CpusetSpec:
             return tuple(sorted(set(self.cpus)))
         if self.of > n:
             raise ConfigError(f"cpuset {self.mode.value}: cannot split {n} CPUs into {self.of}")
+        if self.mode is CpusetMode.ACROSS_LLCS:
+            firsts = [topo.llc_cpus(i)[0] for i in range(min(self.of, topo.llcs))]
+            rest = [c for c in topo.llc_cpus(0) if c not in firsts]
+            return tuple(sorted(firsts + rest[: self.of - len(firsts)]))
         lo, hi = _part(n, self.index, self.of, topo)
         if self.mode is CpusetMode.OVERLAP:
             widen = max(1, round((hi - lo) * self.overlap / 2))
@@ -129,6 +141,8 @@ class CgroupDef:
     nice: int = 0
     affinity: Affinity = INHERIT
     children: tuple[CgroupDef, ...] = ()
+    #: A real program run in this cgroup beside (or instead of) the workers.
+    payload: Payload | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -304,6 +318,7 @@ class PlanCgroup:
     policy: SchedPolicy
     nice: int
     affinities: tuple[tuple[int, ...] | None, ...]
+    payload: Payload | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -353,6 +368,7 @@ def _flatten(d: CgroupDef, topo: Topology, parent: str, seed: int) -> list[PlanC
         policy=d.policy,
         nice=d.nice,
         affinities=affs,
+        payload=d.payload,
     )
     out = [own]
     for child in d.children:
@@ -368,6 +384,7 @@ def resolve(
     if not math.isfinite(duration) or duration <= 0:
         raise ConfigError(f"duration must be a finite number > 0 s, got {duration}")
     live: dict[str, PlanCgroup] = {}
+    payloads: dict[str, str] = {}  # name -> cgroup path: metric keys must be unique
     steps = []
     for i, step in enumerate(scenario.steps):
         where = f"scenario {scenario.name} step {i}"
@@ -375,6 +392,7 @@ def resolve(
         for op in step.ops:
             try:
                 ops.append(_resolve_op(op, topo, live, seed))
+                _unique_payloads(ops[-1], payloads)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         hold = step.hold
@@ -401,6 +419,18 @@ def resolve(
         steps=tuple(steps),
         seed=seed,
     )
+
+
+def _unique_payloads(op: PlanOp, seen: dict[str, str]) -> None:
+    for pc in op.cgroups:
+        if pc.payload is None:
+            continue
+        other = seen.setdefault(pc.payload.name, pc.path)
+        if other != pc.path:
+            raise ConfigError(
+                f"payload name {pc.payload.name!r} is used in cgroups {other!r} and "
+                f"{pc.path!r}: give each its own name (metrics are keyed by it)"
+            )
 
 
 def _loop_count(hold_s: float, interval: float) -> int:
