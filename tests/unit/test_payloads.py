@@ -167,7 +167,9 @@ def not_registered(stdout: str, stderr: str) -> dict[str, float]:
 
 def test_custom_parser_must_be_registered_and_sane():
     cmd = Payload.command("sh", "-c", "echo a=1", name="kv", parser=parse_kv)
-    assert cmd.parser == f"{__name__}:parse_kv"
+    assert cmd.parser == f"{Path(__file__).resolve()}:parse_kv"
+    by_module = Payload.command("true", name="m", parser=f"{__name__}:parse_kv")
+    assert pl.measure(expect(by_module), msg("m", stdout="c=3")).metrics == {"c": 3.0}
     assert pl.measure(expect(cmd), msg("kv", stdout="a=1 b=2.5")).metrics == {"a": 1.0, "b": 2.5}
     r = pl.measure(expect(cmd), msg("kv", stdout="a=nan"))
     assert r.check == "payload_unparsed" and "not a usable number" in r.problem

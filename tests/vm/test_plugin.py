@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -271,3 +272,45 @@ def test_tests_snapshot_and_assert_on_scheduler_state(pytester, kernel, isolated
     snaps = docs["test_qmap_state[1n2l2c1t]"]["snapshots"]
     assert [s["name"] for s in snaps] == ["before", "after"]
     assert all((res / "test_qmap_state[1n2l2c1t]").glob("snapshot-*.json"))
+
+
+PAYLOADS = """
+from ktstr import CgroupDef, Payload, ktstr_test, payload_parser
+
+
+@payload_parser
+def words(stdout, stderr):
+    return {"words": len(stdout.split())}
+
+
+def check(result):
+    assert result.payloads["hackbench"]["time_s"] > 0
+    assert result.payloads["echo"] == {"words": 3.0}
+
+
+@ktstr_test(llcs=1, cores=2, duration=3, after=check, payload={"hackbench.time_s": "<=600"})
+def test_payloads(ctx):
+    ctx.execute_defs(
+        [
+            CgroupDef("bench", workers=1, payload=Payload.hackbench(groups=1, loops=10, fds=4)),
+            CgroupDef("say", workers=0,
+                      payload=Payload.command("echo", "one", "two", "three", name="echo",
+                                              parser=words)),
+        ]
+    )
+"""
+
+
+def test_payloads_in_test_bodies_with_a_registered_parser(pytester, kernel, isolated):
+    """The guest announces the plan, the host parses with the parser the test
+    module registered, gates from the decorator apply, ``after=`` sees them."""
+    if shutil.which("hackbench") is None:
+        pytest.skip("host lacks hackbench (./scripts/setup installs rt-tests)")
+    pytester.makepyfile(test_pl=PAYLOADS)
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--ktstr-results={res}")
+    result.assert_outcomes(passed=1)
+    (doc,) = sidecars(res)
+    assert {p["name"] for p in doc["payloads"]} == {"hackbench", "echo"}
+    limit = 600 * doc["scale"]["factor"]  # as applied: a time widens under emulation
+    assert doc["thresholds"]["payload"] == [f"payload.hackbench.time_s <= {limit:g}"]

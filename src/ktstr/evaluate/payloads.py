@@ -25,7 +25,7 @@ from typing import Any
 from ktstr.protocol.messages import PayloadMetrics
 from ktstr.spec.checks import PayloadGate, time_like
 from ktstr.spec.ledger import ExpectedPayload
-from ktstr.spec.payload import PayloadKind, Until
+from ktstr.spec.payload import PayloadKind, Until, parser_ref
 
 Metrics = dict[str, float]
 Parser = Callable[[str, str], Mapping[str, Any]]
@@ -48,6 +48,7 @@ def payload_parser(fn: Parser) -> Parser:
     It is called on the host with the payload's (stdout, stderr) and returns
     ``{metric: number}``; raising means the output held no metrics."""
     PARSERS[f"{fn.__module__}:{fn.__qualname__}"] = fn
+    PARSERS[parser_ref(fn)] = fn
     return fn
 
 

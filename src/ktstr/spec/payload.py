@@ -16,6 +16,7 @@ and every parser runs on the trusted side. Two ways to end:
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,9 @@ from ktstr.errors import ConfigError
 
 #: Payload names become metric keys (``payload.NAME.METRIC``).
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-#: A custom parser: ``package.module:function`` (importable on the host).
-PARSER_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+#: A custom parser: ``package.module:function`` or ``/path/file.py:function``
+#: (the file is the same path on host and guest, whatever the module is named).
+PARSER_RE = re.compile(r"([A-Za-z_][\w.]*|/[^:\0]{1,4000}\.py):[A-Za-z_][\w.]*")
 MAX_ARGS, MAX_ARG = 64, 256
 
 
@@ -196,19 +198,20 @@ class Payload:
         )
 
 
-def parser_ref(parser: Any, name: str) -> str:
-    """A function -> its ``module:qualname``, refused if the host could not
-    import it by that name (lambdas, nested functions)."""
+def parser_ref(parser: Any, name: str = "") -> str:
+    """A function -> ``/its/file.py:qualname``: a test module has another
+    name in the guest than on the host, its file the same path. Lambdas and
+    nested functions have no such name and are refused."""
     if isinstance(parser, str):
         return parser
     qual = getattr(parser, "__qualname__", "")
-    mod = getattr(parser, "__module__", "")
-    if not callable(parser) or not mod or not qual or "<" in qual:
+    code = getattr(parser, "__code__", None)
+    if not callable(parser) or code is None or not qual or "<" in qual:
         raise ConfigError(
             f"payload {name}: parser must be a module-level function (or 'module:function'), "
             f"got {parser!r}"
         )
-    return f"{mod}:{qual}"
+    return f"{os.path.realpath(code.co_filename)}:{qual}"
 
 
 def _positive(name: str, **values: int) -> None:
