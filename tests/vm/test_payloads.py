@@ -96,7 +96,7 @@ def test_every_payload_has_metrics(kernel, isolated, scheduler):
                         "load"}  # fmt: skip
     m = {name: p.metrics for name, p in got.items()}
     assert m["stress-ng"]["cpu.bogo_ops"] > 0 and m["stress-ng"]["fork.bogo_ops_per_s"] > 0
-    assert m["cyclictest"]["cycles"] > 100 and 0 < m["cyclictest"]["max_us"]
+    assert m["cyclictest"]["cycles"] > 100 and m["cyclictest"]["max_us"] > 0
     assert m["cyclictest"]["t1.cycles"] > 0  # both threads measured
     assert m["hackbench"]["time_s"] > 0 and m["perf-messaging"]["time_s"] > 0
     assert m["perf-pipe"]["ops_per_s"] > 0 and m["perf-pipe"]["usecs_per_op"] > 0
