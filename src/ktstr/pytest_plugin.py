@@ -223,6 +223,9 @@ def run_case(spec: TestSpec, case: Case) -> None:
             f"{case.topology} needs {case.topology.cpus} CPUs; kernel has "
             f"CONFIG_NR_CPUS={kernel.nr_cpus}"
         )
+    lacking = [o for o in spec.constraints.kernel_config if kernel.config.get(o, "n") != "y"]
+    if lacking:
+        pytest.skip(f"kernel {kernel.version} lacks {', '.join(lacking)}")
     test_file = Path(spec.module_file)
     sched: SchedulerRun | None = None
     scheduler: Scheduler | None = spec.scheduler

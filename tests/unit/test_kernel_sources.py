@@ -161,3 +161,34 @@ def test_tarball_with_chained_symlinks_is_refused(cache, tar_mode):
 def test_git_sources_cannot_pass_options(cache):
     with pytest.raises(KernelError):
         resolve_source("--upload-pack=touch /tmp/pwned.git", None)
+
+
+def _fake_clang(bin_dir: Path, n: int) -> None:
+    for tool in (f"clang-{n}", f"llvm-strip-{n}"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+
+
+def test_a_7x_tree_refuses_a_clang_known_to_miscompile_its_schedulers(tmp_path, monkeypatch):
+    from ktstr.host.kernel_build import llvm_suffix, min_clang
+
+    assert (min_clang("6.12.117"), min_clang("7.3.4"), min_clang("10.0")) == (16, 22, 22)
+    _fake_clang(tmp_path, 19)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert llvm_suffix(min_clang("6.12.117")) == "-19"
+    with pytest.raises(KernelError, match="clang >= 22") as exc:
+        llvm_suffix(min_clang("7.3.4"))
+    assert "clang-22" in str(exc.value.hint)
+    _fake_clang(tmp_path, 22)
+    assert llvm_suffix(min_clang("7.3.4")) == "-22"
+
+
+def test_kernel_check_says_what_a_missing_option_costs():
+    from ktstr.host import kconfig
+
+    cfg = kconfig.parse_config("CONFIG_SYSVIPC=y\n# CONFIG_HIGH_RES_TIMERS is not set\n")
+    got = [kconfig.explain(m) for m in kconfig.missing_options(cfg, kconfig.fragment())]
+    hrt = next(m for m in got if m.startswith("CONFIG_HIGH_RES_TIMERS"))
+    assert "measure the tick" in hrt
+    assert not any(m.startswith("CONFIG_SYSVIPC") for m in got)
+    assert kconfig.lacks(cfg, ("CONFIG_SYSVIPC", "CONFIG_PSI")) == ["CONFIG_PSI"]

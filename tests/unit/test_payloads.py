@@ -327,3 +327,29 @@ def test_until_defaults():
     assert Payload.stress_ng("--cpu", "1").until is Until.STOPPED
     assert Payload.cyclictest().kind is PayloadKind.CYCLICTEST
     assert PayloadGate.parse("payload.x.y>=2").op == ">="
+
+
+def test_a_kernel_without_high_res_timers_skips_cyclictest(tmp_path):
+    """Without HIGH_RES_TIMERS cyclictest would measure the tick: a SKIP that
+    says so, not a PASS over the wrong quantity (and no VM is started)."""
+    from ktstr.host.kernel import Kernel
+    from ktstr.runner import BootRequest, execute
+
+    config = "CONFIG_SCHED_CLASS_EXT=y\n# CONFIG_HIGH_RES_TIMERS is not set\n"
+    k = Kernel(directory=tmp_path, image=tmp_path / "vmlinux", version="6.12.0", config_text=config)
+    sc = Scenario.of_defs("lat", [CgroupDef("a", workers=0, payload=Payload.cyclictest())])
+    need_tools(sc)
+    rec = execute(BootRequest(kernel=k, topology=TOPO, job={}), resolve(sc, TOPO), None,
+                  DEFAULTS, tmp_path / "r")  # fmt: skip
+    assert rec.status is Status.SKIP
+    assert "lacks CONFIG_HIGH_RES_TIMERS (without it cyclictest measures the 1 ms tick)" in (
+        rec.verdict.findings[0].message
+    )
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "skip"
+
+
+def need_tools(sc: Scenario) -> None:
+    try:
+        check_payload_tools(resolve(sc, TOPO))
+    except ConfigError as exc:
+        pytest.skip(f"host lacks a payload tool: {exc}")

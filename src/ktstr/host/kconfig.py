@@ -17,6 +17,40 @@ RUN_REQUIRED = (
     "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_NET_9P_VIRTIO", "CONFIG_9P_FS",
     "CONFIG_DEVTMPFS", "CONFIG_TMPFS", "CONFIG_PROC_FS", "CONFIG_BINFMT_ELF",
 )  # fmt: skip
+#: What a kernel without an option of the fragment cannot do (``kernel check``).
+FEATURES = {
+    "CONFIG_HIGH_RES_TIMERS": "every sleep and timer rounds to the tick: wake latencies "
+    "and cyclictest measure the tick, not the scheduler",
+    "CONFIG_NO_HZ_IDLE": "idle CPUs keep ticking",
+    "CONFIG_SYSVIPC": "SysV IPC (stress-ng's sem/shm/msg stressors, perf)",
+    "CONFIG_POSIX_MQUEUE": "POSIX message queues (stress-ng mq)",
+    "CONFIG_FILE_LOCKING": "flock/fcntl locks (many programs, stress-ng lockf)",
+    "CONFIG_AIO": "Linux AIO (stress-ng aio)",
+    "CONFIG_IO_URING": "io_uring",
+    "CONFIG_SIGNALFD": "signalfd",
+    "CONFIG_INOTIFY_USER": "inotify",
+    "CONFIG_MEMBARRIER": "membarrier (language runtimes)",
+    "CONFIG_NAMESPACES": "namespaces (unshare, containers)",
+    "CONFIG_PSI": "pressure stall information (/proc/pressure)",
+    "CONFIG_PERF_EVENTS": "perf events (perf stat, perf record)",
+    "CONFIG_CFS_BANDWIDTH": "cpu.max bandwidth limits in cgroups",
+    "CONFIG_UCLAMP_TASK_GROUP": "cpu.uclamp.min/max in cgroups",
+    "CONFIG_SCHED_CORE": "core scheduling (prctl PR_SCHED_CORE)",
+    "CONFIG_NR_CPUS": "topologies with more CPUs than this",
+}
+
+
+def explain(missing: str) -> str:
+    """``CONFIG_X (want y, have n)`` -> the same, with what it costs."""
+    why = FEATURES.get(missing.split(" ", maxsplit=1)[0])
+    return f"{missing}: {why}" if why else missing
+
+
+def lacks(config: dict[str, str], options: tuple[str, ...]) -> list[str]:
+    """Which of ``options`` (bool, want y) the kernel does not have."""
+    return [o for o in options if config.get(o, "n") != "y"]
+
+
 #: Numeric options compared as "at least".
 AT_LEAST = frozenset({"CONFIG_NR_CPUS"})
 

@@ -119,7 +119,7 @@ def check_kernel(kernel: Kernel, *, strict: bool = False) -> list[str]:
             missing,
             hint="sched_ext needs CONFIG_SCHED_CLASS_EXT, BPF and BTF; " + BUILD_HINT,
         )
-    warnings = kconfig.missing_options(config, kconfig.fragment())
+    warnings = [kconfig.explain(m) for m in kconfig.missing_options(config, kconfig.fragment())]
     if strict and warnings:
         raise KconfigError(
             f"kernel {kernel.version} lacks fragment options: " + ", ".join(warnings), warnings

@@ -279,6 +279,8 @@ def build_kernel(req: BuildRequest) -> Path:
         llvm_suffix()  # fail before a 25-minute build, not after
     tree = resolve_source(req.source, req.ref)
     version = kernel_version(tree)
+    if req.schedulers:
+        llvm_suffix(min_clang(version))  # now that the tree says which it needs
     ident = hashlib.sha256(f"{source_identity(tree)}:{fragment_hash()}".encode()).hexdigest()
     key = entry_name(version, ident, "built")
     dest = cache_root() / key
@@ -331,23 +333,43 @@ def _configure_and_build(req: BuildRequest, tree: Path, version: str, key: str, 
     return dest
 
 
-#: sched_ext's BPF programs need a recent clang (the shared kernel's: 19).
+#: sched_ext's BPF programs need a recent clang (6.12's examples: 16).
 MIN_CLANG = 16
-TOOLCHAIN_HINT = "install clang >= 16 and llvm (Debian 12: KTSTR_SCHED_TOOLCHAIN=1 ./scripts/setup)"
+#: Trees from this version on need a newer clang: 7.x's arena schedulers
+#: (scx_qmap) build with clang-19, but the verifier rejects the result
+#: (qmap_dequeue: "invalid dereference of R7 (an integer scalar)").
+NEWER_CLANG = ((7, 0), 22)
+TOOLCHAIN_HINT = (
+    "install clang and llvm {n} or newer (Debian 12: KTSTR_SCHED_TOOLCHAIN=1 ./scripts/setup "
+    "installs clang-22 from bookworm-security)"
+)
 
 
-def llvm_suffix() -> str:
-    """``LLVM=`` value for the newest clang-N (N >= 16) on PATH."""
-    for n in range(25, MIN_CLANG - 1, -1):
+def min_clang(version: str) -> int:
+    """The oldest clang known to build this tree's schedulers correctly."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m and (int(m.group(1)), int(m.group(2))) >= NEWER_CLANG[0]:
+        return NEWER_CLANG[1]
+    return MIN_CLANG
+
+
+def llvm_suffix(least: int = MIN_CLANG) -> str:
+    """``LLVM=`` value for the newest clang-N (N >= ``least``) on PATH."""
+    for n in range(30, least - 1, -1):
         if shutil.which(f"clang-{n}") and shutil.which(f"llvm-strip-{n}"):
             return f"-{n}"
     clang = shutil.which("clang")
+    found = ""
     if clang:
         out = subprocess.run([clang, "--version"], capture_output=True, text=True, check=False)
         m = re.search(r"clang version (\d+)", out.stdout)
-        if m and int(m.group(1)) >= MIN_CLANG:
+        if m and int(m.group(1)) >= least:
             return "1"
-    raise KernelError(f"--schedulers needs clang >= {MIN_CLANG}", hint=TOOLCHAIN_HINT)
+        found = f" (found clang {m.group(1)})" if m else ""
+    raise KernelError(
+        f"--schedulers needs clang >= {least} for this tree{found}",
+        hint=TOOLCHAIN_HINT.format(n=least),
+    )
 
 
 def _build_schedulers(tree: Path, out: Path, dest: Path, jobs: int) -> None:
@@ -355,7 +377,8 @@ def _build_schedulers(tree: Path, out: Path, dest: Path, jobs: int) -> None:
     build = out / "sched_ext"
     build.mkdir(parents=True, exist_ok=True)  # tools/ Makefiles insist O= exists
     argv = ["make", "-C", str(tree / "tools/sched_ext"), f"O={build}", f"-j{jobs}",
-            f"LLVM={llvm_suffix()}", f"VMLINUX_BTF={out / 'vmlinux'}"]  # fmt: skip
+            f"LLVM={llvm_suffix(min_clang(kernel_version(tree)))}",
+            f"VMLINUX_BTF={out / 'vmlinux'}"]  # fmt: skip
     _make_with_progress(argv, out / "sched_ext.log")
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)

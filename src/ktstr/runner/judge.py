@@ -27,7 +27,7 @@ from ktstr.errors import (
 )
 from ktstr.evaluate.account import Expectation, run_data
 from ktstr.evaluate.monitor import MonitorJudge, explain
-from ktstr.evaluate.verdict import Finding, Outcome, Status, Verdict, evaluate
+from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, Verdict, evaluate
 from ktstr.host.kernel import Kernel
 from ktstr.host.qemu_argv import Accel
 from ktstr.host.results import remove_if_unfinished, write_private
@@ -39,6 +39,7 @@ from ktstr.runner.monitoring import plan_monitor
 from ktstr.runner.snapshots import write_files
 from ktstr.runner.timeline import explaining, timeline
 from ktstr.spec.checks import Thresholds, scaled, timing_scale
+from ktstr.spec.payload import KERNEL_NEEDS
 from ktstr.spec.scenario import Plan
 from ktstr.spec.serde import to_data
 
@@ -297,6 +298,41 @@ def _execute_job(
     return rec
 
 
+def kernel_lacks(plan: Plan, kernel: Kernel) -> str:
+    """Why this kernel cannot run the plan's payloads meaningfully ("" if it can)."""
+    config = kernel.config
+    for step in plan.steps:
+        for op in step.ops:
+            for pc in op.cgroups:
+                needs = KERNEL_NEEDS.get(pc.payload.kind, ()) if pc.payload else ()
+                for option, why in needs:
+                    if config.get(option, "n") != "y":
+                        return f"kernel {kernel.version} lacks {option} ({why})"
+    return ""
+
+
+def skipped(req: BootRequest, scheduler: SchedulerRun | None, thresholds: Thresholds,
+            results_dir: Path, *, test: str, reason: str) -> RunRecord:  # fmt: skip
+    """A SKIP record for a run that would measure nothing meaningful here."""
+    verdict = evaluate(RunData(outcome=Outcome(skip_reason=reason)), thresholds)
+    rec = RunRecord(
+        test=test,
+        scenario=test,
+        topology=str(req.topology),
+        kernel={"version": req.kernel.version, "image": str(req.kernel.image)},
+        scheduler=None if scheduler is None else {"name": scheduler.name,
+                                                  "binary": str(scheduler.binary),
+                                                  "args": list(scheduler.args)},
+        accel="not started",
+        qemu="",
+        durations={"boot_s": 0.0, "workload_s": 0.0, "total_s": 0.0},
+        verdict=verdict,
+        artifacts_dir=str(results_dir),
+    )  # fmt: skip
+    write_sidecar(rec, results_dir)
+    return rec
+
+
 def check_payload_tools(plan: Plan) -> None:
     """Every program the plan's payloads run exists on the host (the guest
     runs the host's binaries), or one clear line before any boot."""
@@ -326,6 +362,10 @@ def execute(
 ) -> RunRecord:
     """One canned scenario in one VM, judged against the host's own plan."""
     check_payload_tools(plan)
+    lacks = kernel_lacks(plan, req.kernel)
+    if lacks:
+        return skipped(req, scheduler, thresholds, results_dir, test=test or plan.scenario,
+                       reason=lacks)  # fmt: skip
     expect = Expectation(
         name=plan.scenario,
         topology=req.topology,

@@ -22,6 +22,9 @@ class Constraints:
     requires_smt: bool = False
     required_flags: tuple[str, ...] = ()
     excluded_flags: tuple[str, ...] = ()
+    #: Kernel options the test needs (``CONFIG_CFS_BANDWIDTH``): a kernel
+    #: without one skips it, saying which.
+    kernel_config: tuple[str, ...] = ()
 
     def admits(self, t: Topology) -> bool:
         return (

@@ -53,6 +53,13 @@ PROGRAMS: dict[PayloadKind, tuple[str, str]] = {
     PayloadKind.PERF_MESSAGING: ("perf", "linux-perf"),
     PayloadKind.PERF_PIPE: ("perf", "linux-perf"),
 }
+#: Kernel options a payload cannot measure without (it would not fail: it
+#: would measure something else). A kernel that lacks one skips the run.
+KERNEL_NEEDS: dict[PayloadKind, tuple[tuple[str, str], ...]] = {
+    PayloadKind.CYCLICTEST: (
+        ("CONFIG_HIGH_RES_TIMERS", "without it cyclictest measures the 1 ms tick"),
+    ),
+}
 #: Options the agent adds itself (its report file); a user may not.
 RESERVED = {
     PayloadKind.STRESS_NG: ("--yaml", "-Y", "--timeout", "-t"),
