@@ -71,8 +71,13 @@ def test_judged_runs_get_single_threaded_tcg(kernel, qemu):
     )
     assert accel.accel is Accel.TCG and saccel.accel is Accel.TCG
     assert plain.tcg_multithread == (qemu.version >= (8, 1, 0))
-    assert not sched.tcg_multithread and "scheduler is loaded" in saccel.reason
+    assert not sched.tcg_multithread and "sched_ext schedulers flip" in saccel.reason
     eevdf, eaccel, _, _ = prepare(
         BootRequest(kernel=kernel, topology=topo, accel="tcg", job={"mode": "scenario"})
     )
     assert not eevdf.tcg_multithread and "cgroups flip static keys" in eaccel.reason
+    for mode in ("kselftest", "shell", "exec"):  # the selftests crashed a multi-threaded guest
+        spec, _, _, _ = prepare(
+            BootRequest(kernel=kernel, topology=topo, accel="tcg", job={"mode": mode})
+        )
+        assert not spec.tcg_multithread, mode

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ktstr.cli.args import Parser, finite
 from ktstr.cli.kernel import add_kernel_parser
+from ktstr.cli.kselftest import add_kselftest_parser
 from ktstr.cli.run import add_run_parsers
 from ktstr.cli.snapshot import add_snapshot_parser
 from ktstr.cli.vm import add_vm_parsers
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_vm_parsers(sub)
     add_run_parsers(sub)
+    add_kselftest_parser(sub)
     p = sub.add_parser(
         "gauntlet",
         help="expand @ktstr_test files across presets x flag "

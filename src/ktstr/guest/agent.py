@@ -270,6 +270,10 @@ def do_job(port: Port, job: dict[str, Any]) -> int:
         from ktstr.guest.scenario import run_scenario  # only scenario runs pay for it
 
         return run_scenario(port, job)
+    if mode == "kselftest":
+        from ktstr.guest.kselftest import run_kselftest
+
+        return run_kselftest(port, job)
     if mode == "snapshot":
         t0 = time.monotonic()
         status = port.request_snapshot(port.next_request_id(), CaptureKind.REGISTERS, 60.0)

@@ -150,13 +150,18 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
     if key not in _ACCEL_MEMO:
         _ACCEL_MEMO[key] = choose_accel(qemu, req.kernel.image, req.accel)
     accel = _ACCEL_MEMO[key]
-    patches = "scheduler" in req.job or req.job.get("mode") in ("scenario", "test")
+    mode = req.job.get("mode")
+    patches = "scheduler" in req.job or mode in ("scenario", "test", "kselftest", "shell", "exec")
     if patches and accel.accel is Accel.TCG and accel.tcg_multithread:
         # Enabling a sched_ext scheduler, and creating the first cpuset, flip
         # static keys (int3-based text patching); multi-threaded TCG still
         # races with that on QEMU 10.0 ("Oops: int3" in sched_tick, and under
         # EEVDF once cpusets appeared), so judged jobs get one TCG thread.
-        why = "a sched_ext scheduler is loaded" if "scheduler" in req.job else "cgroups"
+        why = {
+            "kselftest": "the selftests' schedulers",
+            "shell": "schedulers a shell may load",
+            "exec": "schedulers a command may load",
+        }.get(str(mode), "sched_ext schedulers" if "scheduler" in req.job else "cgroups")
         accel = dataclasses.replace(
             accel,
             tcg_multithread=False,
