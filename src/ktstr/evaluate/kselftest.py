@@ -56,6 +56,7 @@ def parse_block(name: str, block: str, duration: float = 0.0) -> SelftestResult:
     body = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith(headers)]
     if m.group(3):
         why = m.group(4).strip() or (body[-1].strip() if body else "skipped by the test")
+        why = why.removeprefix("SKIP:").strip()
         return SelftestResult(name, "skip", why[:300], output, duration)
     if m.group(1) == "not ok":
         why = next((ln.strip() for ln in body if "ERR" in ln or "fail" in ln.lower()), "")

@@ -317,6 +317,7 @@ def _configure_and_build(req: BuildRequest, tree: Path, version: str, key: str, 
     _make_with_progress(["make", "-C", str(tree), f"O={out}", f"-j{jobs}"], out / "build.log")
     if req.schedulers:
         _build_schedulers(tree, out, out / "ktstr-schedulers", jobs)
+        build_selftests(tree, out, out / "ktstr-selftests", jobs)
     if req.force:
         shutil.rmtree(dest, ignore_errors=True)
     with new_entry(key) as tmp:
@@ -326,6 +327,8 @@ def _configure_and_build(req: BuildRequest, tree: Path, version: str, key: str, 
             shutil.copy2(out / ".config", tmp / "config")
             if req.schedulers:
                 shutil.copytree(out / "ktstr-schedulers", tmp / "schedulers")
+                (tmp / "selftests" / "sched_ext").mkdir(parents=True)
+                shutil.copy2(out / "ktstr-selftests" / "runner", tmp / "selftests/sched_ext/runner")
             check_kernel(load_kernel(tmp))
             _write_meta(
                 tmp, version=version, source=str(tree), kind="built", fragment_hash=fragment_hash()
@@ -386,3 +389,30 @@ def _build_schedulers(tree: Path, out: Path, dest: Path, jobs: int) -> None:
         shutil.copy2(binary, dest / binary.name)
     if not any(dest.iterdir()):
         raise KernelError(f"tools/sched_ext built no scx_* binaries (log: {out / 'sched_ext.log'})")
+
+
+def build_selftests(tree: Path, out: Path, dest: Path, jobs: int) -> Path:
+    """The kernel's sched_ext selftests (one ``runner`` binary) against the
+    just-built vmlinux's BTF, with the same clang as the schedulers."""
+    build = out / "selftests-sched_ext"
+    build.mkdir(parents=True, exist_ok=True)
+    llvm = llvm_suffix(min_clang(kernel_version(tree)))
+    argv = [
+        "make",
+        "-C",
+        str(tree / "tools/testing/selftests/sched_ext"),
+        f"-j{jobs}",
+        f"LLVM={llvm}",
+        f"OUTPUT={build}",
+        f"VMLINUX_BTF={out / 'vmlinux'}",
+        "runner",
+    ]
+    if llvm.startswith("-"):
+        argv.append(f"CLANG=clang{llvm}")  # the selftests' Makefile calls $(CLANG)
+    _make_with_progress(argv, out / "selftests.log")
+    runner = build / "runner"
+    if not runner.is_file():
+        raise KernelError(f"the sched_ext selftests built no runner (log: {out / 'selftests.log'})")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(runner, dest / "runner")
+    return dest / "runner"

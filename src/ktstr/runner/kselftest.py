@@ -10,6 +10,7 @@ runner cannot, and its own ``RESULTS:`` counts stand in.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -100,9 +101,11 @@ def run_kselftest(
     except (GuestPanicError, GuestLostError) as exc:
         run = exc.partial if isinstance(exc.partial, GuestRun) else None
         results = _crashed(run, exc, expected)
-    records = [
-        _record(req, r, run, out, total=time.monotonic() - t0) for r in judge(results, expected)
-    ]
+    judged = judge(results, expected)
+    if not judged:  # a runner that cannot list ran none: the filters matched nothing
+        shutil.rmtree(out, ignore_errors=True)
+        raise ConfigError(f"no selftest matches {', '.join(filters) or 'anything'}")
+    records = [_record(req, r, run, out, total=time.monotonic() - t0) for r in judged]
     return records, out
 
 
