@@ -70,8 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption(
         "--ktstr-kernel",
+        action="append",
+        default=[],
         metavar="KERNEL",
-        help="kernel (default: $KTSTR_KERNEL, then the newest cached)",
+        help="kernel; repeat for a kernel matrix (default: $KTSTR_KERNEL, then the newest cached)",
     )
     g.addoption("--ktstr-accel", choices=("auto", "kvm", "tcg"), default="auto")
     g.addoption("--ktstr-results", metavar="DIR", help="where sidecars and evidence go")
@@ -105,7 +107,9 @@ def vm_host_problem(config: pytest.Config) -> str | None:
         problem = None
         try:
             find_qemu()
-            _state["kernel"] = resolve_kernel(config.getoption("ktstr_kernel"))
+            _state["kernels"] = labelled(
+                [resolve_kernel(k) for k in config.getoption("ktstr_kernel") or [None]]
+            )
         except KtstrError as exc:
             problem = f"host lacks what VM tests need: {exc}" + (
                 f" ({exc.hint})" if exc.hint else ""
@@ -133,34 +137,56 @@ def require_vm_host(config: pytest.Config, items: list[pytest.Item]) -> None:
     )
 
 
-def _kernel() -> Kernel:
+def labelled(kernels: list[Kernel]) -> dict[str, Kernel]:
+    """Kernels by label: the version, or the cache entry where two share one."""
+    versions = [k.version for k in kernels]
+    return {(k.version if versions.count(k.version) == 1 else k.directory.name): k for k in kernels}
+
+
+def _kernels(config: pytest.Config) -> dict[str, Kernel]:
+    """The matrix's kernels (none resolvable: a placeholder, so collection
+    still yields the tests that then skip or fail, saying why)."""
+    if vm_host_problem(config) is not None:
+        return {}
+    kernels = _state["kernels"]
+    assert isinstance(kernels, dict)
+    return kernels
+
+
+def _kernel(label: str) -> Kernel:
     problem = vm_host_problem(_state["config"])
     if problem is not None:
         pytest.skip(problem)
-    k = _state["kernel"]
-    assert isinstance(k, Kernel)
-    return k
-
-
-def _nr_cpus() -> int | None:
-    try:
-        return resolve_kernel(_state["config"].getoption("ktstr_kernel")).nr_cpus
-    except KtstrError:
-        return None
+    kernels = _kernels(_state["config"])
+    return kernels[label] if label in kernels else next(iter(kernels.values()))
 
 
 def _cases(spec: TestSpec, config: pytest.Config) -> list[Case]:
-    if config.getoption("gauntlet"):
-        return expand(
-            spec.name,
-            spec.constraints,
-            spec.scheduler,
-            pairwise=config.getoption("pairwise"),
-            max_cpus=_nr_cpus(),
-        )
-    return [
-        Case(test=spec.name, preset=spec.topology.name, topology=spec.topology, profile=Profile())
-    ]
+    kernels: dict[str, Kernel | None] = {**_kernels(config)} or {"": None}
+    out: list[Case] = []
+    for label, k in kernels.items():
+        if k is not None and spec.scheduler is not None and not spec.scheduler.runs_on(k.version):
+            continue
+        name = label if len(kernels) > 1 or config.getoption("gauntlet") else ""
+        if config.getoption("gauntlet"):
+            out += expand(
+                spec.name,
+                spec.constraints,
+                spec.scheduler,
+                pairwise=config.getoption("pairwise"),
+                max_cpus=k.nr_cpus if k is not None else None,
+                kernel=name,
+            )
+        else:
+            out.append(Case(test=spec.name, preset=spec.topology.name, topology=spec.topology,
+                            profile=Profile(), kernel=name))  # fmt: skip
+    return out
+
+
+def _case_id(case: Case, gauntlet: bool) -> str:
+    if gauntlet:
+        return case.id
+    return f"{case.preset}-{case.kernel}" if case.kernel else case.preset
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -168,8 +194,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if spec is None:
         return
     cases = _cases(spec, metafunc.config)
-    ids = [c.id if metafunc.config.getoption("gauntlet") else c.preset for c in cases]
-    metafunc.parametrize("ktstr_case", cases, ids=ids)
+    gauntlet = metafunc.config.getoption("gauntlet")
+    metafunc.parametrize("ktstr_case", cases, ids=[_case_id(c, gauntlet) for c in cases])
 
 
 def _results_root(config: pytest.Config) -> Path:
@@ -217,7 +243,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def run_case(spec: TestSpec, case: Case) -> None:
     """The host side of one @ktstr_test case (called by its pytest function)."""
     config = _state["config"]
-    kernel = _kernel()
+    kernel = _kernel(case.kernel)
     if kernel.nr_cpus is not None and case.topology.cpus > kernel.nr_cpus:
         pytest.skip(
             f"{case.topology} needs {case.topology.cpus} CPUs; kernel has "
@@ -267,7 +293,7 @@ def run_case(spec: TestSpec, case: Case) -> None:
         ready_timeout=min(spec.timeout_s, ATTACH_TIMEOUT + READY_SLACK + 60.0),
         hard_cap=boot_timeout + spec.timeout_s,
     )
-    test_id = case.id if config.getoption("gauntlet") else f"{spec.name}[{case.preset}]"
+    test_id = case.id if config.getoption("gauntlet") else f"{spec.name}[{_case_id(case, False)}]"
     expect = Expectation(
         name=spec.name,
         topology=case.topology,
@@ -335,8 +361,8 @@ def guest_env(exclude: tuple[str, ...] = ()) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def ktstr_kernel() -> Kernel:
-    """The kernel ktstr tests boot."""
-    return _kernel()
+    """The kernel ktstr tests boot (the first of a matrix)."""
+    return _kernel("")
 
 
 @pytest.fixture

@@ -149,7 +149,8 @@ def to_text(rec: RunRecord) -> str:
     v = rec.verdict
     sched = rec.scheduler["name"] if rec.scheduler else "EEVDF"
     accel = rec.accel.split(" (")[0]
-    lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {accel}]"]
+    kernel = f"Linux {rec.kernel['version']}, " if rec.kernel.get("version") else ""
+    lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {kernel}{accel}]"]
     lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
     lines += format_stats(v.stats)
     lines += payload_lines(v)
@@ -225,7 +226,7 @@ def to_junit(records: list[RunRecord], suite: str = "ktstr") -> str:
         tc = ET.SubElement(
             ts,
             "testcase",
-            classname=f"{suite}.{rec.topology}",
+            classname=f"{suite}.{rec.kernel.get('version', 'unknown')}.{rec.topology}",
             name=rec.test,
             time=f"{rec.durations.get('total_s', 0.0):.3f}",
         )

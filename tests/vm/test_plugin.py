@@ -80,7 +80,7 @@ def test_impossible_gap(ctx):
     assert "Traceback" not in result.stdout.str()
 
 
-def test_gauntlet_ids_respect_constraints_and_flags(pytester):
+def test_gauntlet_ids_respect_constraints_and_flags(pytester, kernel):
     pytester.makepyfile(
         test_g="""
 from ktstr import CgroupDef, Flag, Scheduler, ktstr_test
@@ -97,10 +97,10 @@ def test_x(ctx):
         "-p", "no:cacheprovider", "--gauntlet", "--collect-only", "-q"
     )
     ids = [ln for ln in result.stdout.lines if "gauntlet/" in ln]
-    assert ids and all("[gauntlet/test_x/" in i for i in ids)
+    assert ids and all(f"[gauntlet/test_x/{kernel.version}/" in i for i in ids)
     profiles = {i.rsplit("/", 1)[1].rstrip("]") for i in ids}
     assert profiles == {"base", "llc", "llc+steal"}  # kick excluded, steal needs llc
-    presets = {i.split("/")[2] for i in ids}
+    presets = {i.split("/")[3] for i in ids}  # gauntlet/<test>/<kernel>/<preset>/<profile>
     assert presets == {
         "tiny-2llc",
         "small-2llc",
@@ -113,6 +113,44 @@ def test_x(ctx):
         "-p", "no:cacheprovider", "--collect-only", "-q", "-m", "ktstr"
     )
     plain.stdout.fnmatch_lines(["*test_x?1n1l2c1t?*", "1 test collected*"])
+
+
+def test_kernel_matrix_ids_and_scheduler_kernels(pytester, kernels):
+    """--ktstr-kernel twice: every test on both kernels, named by version; a
+    scheduler meant for 7.x only is not expanded on 6.12."""
+    if len(kernels) < 2:
+        pytest.skip("host lacks a second shared kernel for a matrix")
+    old, new = kernels["6.12"], kernels["7.3"]
+    pytester.makepyfile(
+        test_m="""
+from ktstr import CgroupDef, Scheduler, ktstr_test
+
+NEW = Scheduler("scx_simple", kernels=["7."])
+
+@ktstr_test(duration=1)
+def test_any(ctx):
+    ctx.execute_defs([CgroupDef("a")])
+
+@ktstr_test(scheduler=NEW, duration=1)
+def test_new(ctx):
+    ctx.execute_defs([CgroupDef("a")])
+"""
+    )
+    args = ["--ktstr-kernel", str(old.directory), "--ktstr-kernel", str(new.directory)]
+    got = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q", *args)
+    got.stdout.fnmatch_lines(
+        [
+            f"*test_any?1n1l2c1t-{old.version}?*",
+            f"*test_any?1n1l2c1t-{new.version}?*",
+            f"*test_new?1n1l2c1t-{new.version}?*",
+            "3 tests collected*",
+        ]
+    )
+    g = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--collect-only", "-q", "--gauntlet", "-k", "test_new", *args
+    )
+    ids = [ln for ln in g.stdout.lines if "gauntlet/" in ln]
+    assert ids and all(f"gauntlet/test_new/{new.version}/" in i for i in ids)
 
 
 TWO_VMS = """

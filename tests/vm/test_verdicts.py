@@ -100,3 +100,27 @@ def test_scheduler_death_keeps_its_log_dump_and_reason(kernel, isolated):
     doc = json.loads((run_dir / "result.json").read_text())
     (finding,) = doc["findings"]
     assert finding["check"] == "scheduler_died" and finding["evidence"]["dump"].strip()
+
+
+def test_a_two_kernel_run_names_each_kernel(kernels, isolated):
+    """``--kernel`` twice: every scenario on both kernels, each record, sidecar,
+    JUnit case and report header naming its kernel."""
+    if len(kernels) < 2:
+        import pytest
+
+        pytest.skip("host lacks a second shared kernel for a matrix")
+    res, junit = isolated / "res", isolated / "junit.xml"
+    old, new = kernels["6.12"], kernels["7.3"]
+    p = ktstr(
+        "run", "steady", "--duration", "2", "--results", str(res), "--junit", str(junit),
+        "--kernel", str(old.directory), "--kernel", str(new.directory),
+        env={"TMPDIR": str(isolated / "tmp")},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"PASS steady [1n2l2c1t, EEVDF, Linux {old.version}," in p.stdout
+    assert f"PASS steady [1n2l2c1t, EEVDF, Linux {new.version}," in p.stdout
+    docs = [json.loads(d.read_text()) for d in res.glob("*/result.json")]
+    assert sorted(d["kernel"]["version"] for d in docs) == sorted([old.version, new.version])
+    assert all(d["kernel"]["dir"] for d in docs)
+    classes = re.findall(r'classname="([^"]+)"', junit.read_text())
+    assert sorted(classes) == sorted(f"ktstr.{v}.1n2l2c1t" for v in (old.version, new.version))

@@ -50,6 +50,8 @@ def cmd_gauntlet(args: argparse.Namespace) -> int:
         argv += ["--budget", f"{args.budget:g}"]
     if args.pairwise:
         argv.append("--pairwise")
+    for k in args.kernel:
+        argv += ["--ktstr-kernel", k]
     code = int(pytest.main(argv))
     return 0 if code == 0 else 1 if code == 1 else 2
 
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="only list the test ids")
     p.add_argument("--budget", type=finite(), metavar="SECONDS")
     p.add_argument("--pairwise", action="store_true")
+    p.add_argument(
+        "--kernel", action="append", default=[], metavar="KERNEL",
+        help="a kernel of the matrix (repeatable; default: the newest cached)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_gauntlet)
 
     p = sub.add_parser("list", help="list the canned scenarios")

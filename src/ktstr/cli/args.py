@@ -51,11 +51,23 @@ def count(lo: int = 0, hi: int = 1 << 20) -> Any:
     return parse
 
 
-def add_vm_args(p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t") -> None:
-    p.add_argument(
-        "--kernel",
-        help="kernel dir, image, or cache entry (default: $KTSTR_KERNEL, then the newest cached)",
-    )
+def add_vm_args(
+    p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t", *, many_kernels: bool = False
+) -> None:
+    if many_kernels:
+        p.add_argument(
+            "--kernel",
+            action="append",
+            default=[],
+            help="kernel dir, image, or cache entry; repeat for a kernel matrix "
+            "(default: $KTSTR_KERNEL, then the newest cached)",
+        )
+    else:
+        p.add_argument(
+            "--kernel",
+            help="kernel dir, image, or cache entry (default: $KTSTR_KERNEL, then the newest "
+            "cached)",
+        )
     p.add_argument(
         "--topology",
         default=default_topology,
@@ -84,10 +96,15 @@ def add_vm_args(p: argparse.ArgumentParser, default_topology: str = "1n2l2c1t") 
     )
 
 
-def boot_request(args: argparse.Namespace, job: dict[str, object], **kw: object) -> BootRequest:
+def boot_request(
+    args: argparse.Namespace,
+    job: dict[str, object],
+    kernel: kern.Kernel | None = None,
+    **kw: object,
+) -> BootRequest:
     topology = Topology.parse(args.topology)  # cheap input first
     return BootRequest(
-        kernel=kern.resolve_kernel(args.kernel),
+        kernel=kernel or kern.resolve_kernel(args.kernel),
         topology=topology,
         job=job,
         accel=None if args.accel == "auto" else args.accel,

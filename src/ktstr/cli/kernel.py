@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.cli.args import count
+from ktstr.errors import KtstrError
 from ktstr.host import kernel as kern
 from ktstr.host.kernel_build import BuildRequest, build_kernel
 
@@ -18,8 +19,7 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         if not entries:
             print(f"no kernels cached in {kern.cache_root()}")
         for e in entries:
-            k = kern.load_kernel(e)
-            print(f"{e.name:48} {k.version:12} {k.image.name}")
+            print(_describe(e))
         return 0
     if action == "path":
         print(kern.resolve_kernel(args.kernel).directory)
@@ -57,6 +57,33 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         print(build_kernel(req))
         return 0
     raise AssertionError(action)
+
+
+def _describe(entry: Path) -> str:
+    """One cache entry: version, where it came from, sched_ext, what check says."""
+    import json
+
+    try:
+        k = kern.load_kernel(entry)
+    except KtstrError as exc:
+        return f"{entry.name:40} unusable: {exc}"
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    source = f"{meta.get('kind', '?')} from {meta.get('source', '?')}"
+    try:
+        notes = kern.check_kernel(k)
+        check = "ok" if not notes else f"ok, lacks {len(notes)} fragment option(s)"
+        scx = "sched_ext"
+    except KtstrError as exc:
+        check = f"unusable: {str(exc)[:80]}"
+        scx = "no sched_ext" if "SCHED_CLASS_EXT" in str(exc) else "sched_ext?"
+    extras = [x for x in ("schedulers", "selftests") if (entry / x).is_dir()]
+    return (
+        f"{entry.name:40} {k.version:10} {scx:10} {check}; "
+        f"{' + '.join(extras) or 'no schedulers'}; {source}"
+    )
 
 
 def add_kernel_parser(sub: Any) -> None:

@@ -47,11 +47,20 @@ def add_kselftest_parser(sub: Any) -> None:
     )
     add_vm_args(p, default_topology="1n1l4c1t")
     p.add_argument(
-        "-t", "--test", action="append", default=[], metavar="NAME",
+        "-t",
+        "--test",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="only selftests whose name contains NAME (repeatable)",
-    )  # fmt: skip
-    p.add_argument("--timeout", type=finite(), default=1200.0, metavar="S",
-                   help="longest the runner may take (default %(default)gs)")  # fmt: skip
+    )
+    p.add_argument(
+        "--timeout",
+        type=finite(),
+        default=1200.0,
+        metavar="S",
+        help="longest the runner may take (default %(default)gs)",
+    )
     p.add_argument("--results", metavar="DIR", help="results directory")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
     p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")

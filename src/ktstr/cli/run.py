@@ -21,11 +21,17 @@ from ktstr.host.results import (
     results_root,
     write_private,
 )
-from ktstr.report import to_junit, to_ktap, to_text
-from ktstr.runner import SchedulerRun, check_payload_tools, execute, scheduler_binary
+from ktstr.report import RunRecord, to_junit, to_ktap, to_text
+from ktstr.runner import (
+    BootRequest,
+    SchedulerRun,
+    check_payload_tools,
+    execute,
+    scheduler_binary,
+)
 from ktstr.spec.catalog import SCENARIOS
 from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
-from ktstr.spec.scenario import Scenario, resolve
+from ktstr.spec.scenario import Plan, Scenario, resolve
 from ktstr.spec.scheduler import Scheduler, load_scheduler
 from ktstr.spec.topology import Topology
 
@@ -83,21 +89,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     for n in names:
         _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
     root = _check_outputs(args)
-    base = dataclasses.replace(boot_request(args, {}, name="run"), num_snapshots=args.snapshots)
-    plans = [resolve(SCENARIOS[n], base.topology, args.duration) for n in names]
+    kernels = [kern.resolve_kernel(k) for k in (args.kernel or [None])]
+    bases = [
+        dataclasses.replace(
+            boot_request(args, {}, kernel=k, name="run"), num_snapshots=args.snapshots
+        )
+        for k in kernels
+    ]
+    plans = [resolve(SCENARIOS[n], bases[0].topology, args.duration) for n in names]
     for plan in plans:
         check_payload_tools(plan)
-    sched = _scheduler_run(args, base.kernel)
+    scheds = [_scheduler_run(args, b.kernel) for b in bases]  # each kernel's own build
+    records = []
+    for base, sched in zip(bases, scheds, strict=True):
+        records += _run_on(args, base, sched, plans, root)
+    if args.ktap:
+        sys.stdout.write(to_ktap(records))
+    if args.junit:
+        write_private(Path(args.junit), to_junit(records))
+    failed = [r for r in records if r.status is Status.FAIL]
+    if failed and not args.ktap:
+        print(
+            f"{len(failed)} of {len(records)} failed; re-run one with: "
+            f"{_rerun_command(args, failed[0].test, failed[0].kernel, len(kernels) > 1)}"
+        )
+    return 1 if failed else 0
+
+
+def _run_on(
+    args: argparse.Namespace,
+    base: BootRequest,
+    sched: SchedulerRun | None,
+    plans: list[Plan],
+    root: Path,
+) -> list[RunRecord]:
+    """Every plan on one kernel, one VM each."""
     label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
+    matrix = len(args.kernel or ()) > 1
     records = []
     for plan in plans:
         print(
             f"== {plan.scenario}: {base.topology} ({base.topology.cpus} vCPUs), "
-            f"{plan.duration_s:g}s, {label}",
+            f"{plan.duration_s:g}s, {label}"
+            + (f", kernel {base.kernel.version}" if matrix else ""),
             flush=True,
             file=sys.stderr if args.ktap else sys.stdout,
         )
-        out_dir = new_run_dir(root, f"{plan.scenario}-{base.topology}")
+        tag = f"-{base.kernel.version}" if matrix else ""
+        out_dir = new_run_dir(root, f"{plan.scenario}-{base.topology}{tag}")
         rec = execute(
             dataclasses.replace(base, name=plan.scenario),
             plan,
@@ -110,23 +149,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.ktap:
             print(to_text(rec))
             print(f"result: {out_dir / 'result.json'}", flush=True)
-    if args.ktap:
-        sys.stdout.write(to_ktap(records))
-    if args.junit:
-        write_private(Path(args.junit), to_junit(records))
-    failed = [r.test for r in records if r.status is Status.FAIL]
-    if failed and not args.ktap:
-        print(
-            f"{len(failed)} of {len(records)} failed; re-run one with: "
-            f"{_rerun_command(args, failed[0])}"
-        )
-    return 1 if failed else 0
+    return records
 
 
-def _rerun_command(args: argparse.Namespace, scenario: str) -> str:
+def _rerun_command(
+    args: argparse.Namespace, scenario: str, kernel: dict[str, str], matrix: bool
+) -> str:
     argv = ["ktstr", "run", scenario, "--topology", args.topology]
-    if args.kernel:
-        argv += ["--kernel", args.kernel]
+    if matrix:
+        argv += ["--kernel", kernel["dir"]]
+    elif args.kernel:
+        argv += ["--kernel", args.kernel[0]]
     if args.duration is not None:
         argv += ["--duration", f"{args.duration:g}"]
     for t in args.threshold:
@@ -175,7 +208,7 @@ def add_run_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="run scenarios in VMs (one VM each); -- ARGS go to the scheduler"
     )
-    add_vm_args(p)
+    add_vm_args(p, many_kernels=True)
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: steady")
     p.add_argument(
         "--duration",

@@ -120,6 +120,9 @@ def _run_problems(data: Any, out: dict[str, SelftestResult]) -> list[SelftestRes
         if not filt or filt in r.name:
             seen[{"pass": "PASSED", "skip": "SKIPPED", "fail": "FAILED"}[r.status]] += 1
     if seen != c:
-        return [SelftestResult("(runner)", "fail",
-                               f"the runner counted {c}, its blocks say {seen}", tail)]  # fmt: skip
+        return [
+            SelftestResult(
+                "(runner)", "fail", f"the runner counted {c}, its blocks say {seen}", tail
+            )
+        ]
     return []

@@ -66,8 +66,9 @@ def run_one(port: Any, runner: str, filt: str | None, timeout: float) -> int:
         if line == END:
             text = "\n".join(block)[-BLOCK_MAX:]
             data = {"block": text, "duration_s": time.monotonic() - started, "filter": filt}
-            port.send(port.enc.message(TestResult(name=f"selftest:{current}", passed=False,
-                                                  data=data)))  # fmt: skip
+            port.send(
+                port.enc.message(TestResult(name=f"selftest:{current}", passed=False, data=data))
+            )
             block, current = None, ""
             continue
         block.append(line)

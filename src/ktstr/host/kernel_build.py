@@ -405,7 +405,7 @@ def build_selftests(tree: Path, out: Path, dest: Path, jobs: int) -> Path:
         f"LLVM={llvm}",
         f"OUTPUT={build}",
         f"VMLINUX_BTF={out / 'vmlinux'}",
-        "runner",
+        str(build / "runner"),  # the Makefile's target is $(OUTPUT)/runner
     ]
     if llvm.startswith("-"):
         argv.append(f"CLANG=clang{llvm}")  # the selftests' Makefile calls $(CLANG)

@@ -61,6 +61,11 @@ class SchedulerRun:
         return self.binary.name
 
 
+def kernel_info(kernel: Kernel) -> dict[str, str]:
+    """How result.json names a kernel: its version, image and cache entry."""
+    return {"version": kernel.version, "image": str(kernel.image), "dir": str(kernel.directory)}
+
+
 def scheduler_binary(name_or_path: str, kernel: Kernel, near: Path | None = None) -> Path:
     """The scheduler's executable: ``name_or_path`` itself, else the name
     looked up next to ``near`` (the tests or definition file), in
@@ -258,7 +263,11 @@ def _execute_job(
         test=test,
         scenario=scenario,
         topology=str(req.topology),
-        kernel={"version": req.kernel.version, "image": str(req.kernel.image)},
+        kernel={
+            "version": req.kernel.version,
+            "image": str(req.kernel.image),
+            "dir": str(req.kernel.directory),
+        },
         scheduler=None
         if scheduler is None
         else {
@@ -311,24 +320,35 @@ def kernel_lacks(plan: Plan, kernel: Kernel) -> str:
     return ""
 
 
-def skipped(req: BootRequest, scheduler: SchedulerRun | None, thresholds: Thresholds,
-            results_dir: Path, *, test: str, reason: str) -> RunRecord:  # fmt: skip
+def skipped(
+    req: BootRequest,
+    scheduler: SchedulerRun | None,
+    thresholds: Thresholds,
+    results_dir: Path,
+    *,
+    test: str,
+    reason: str,
+) -> RunRecord:
     """A SKIP record for a run that would measure nothing meaningful here."""
     verdict = evaluate(RunData(outcome=Outcome(skip_reason=reason)), thresholds)
     rec = RunRecord(
         test=test,
         scenario=test,
         topology=str(req.topology),
-        kernel={"version": req.kernel.version, "image": str(req.kernel.image)},
-        scheduler=None if scheduler is None else {"name": scheduler.name,
-                                                  "binary": str(scheduler.binary),
-                                                  "args": list(scheduler.args)},
+        kernel=kernel_info(req.kernel),
+        scheduler=None
+        if scheduler is None
+        else {
+            "name": scheduler.name,
+            "binary": str(scheduler.binary),
+            "args": list(scheduler.args),
+        },
         accel="not started",
         qemu="",
         durations={"boot_s": 0.0, "workload_s": 0.0, "total_s": 0.0},
         verdict=verdict,
         artifacts_dir=str(results_dir),
-    )  # fmt: skip
+    )
     write_sidecar(rec, results_dir)
     return rec
 
@@ -364,8 +384,9 @@ def execute(
     check_payload_tools(plan)
     lacks = kernel_lacks(plan, req.kernel)
     if lacks:
-        return skipped(req, scheduler, thresholds, results_dir, test=test or plan.scenario,
-                       reason=lacks)  # fmt: skip
+        return skipped(
+            req, scheduler, thresholds, results_dir, test=test or plan.scenario, reason=lacks
+        )
     expect = Expectation(
         name=plan.scenario,
         topology=req.topology,

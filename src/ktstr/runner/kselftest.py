@@ -24,6 +24,7 @@ from ktstr.protocol.messages import TestResult
 from ktstr.report import RunRecord, write_sidecar
 from ktstr.runner.boot import BootRequest, GuestRun
 from ktstr.runner.guest import run_guest
+from ktstr.runner.judge import kernel_info
 from ktstr.spec.checks import Thresholds
 
 #: Longest the runner may take in one VM (all 33 tests of 7.3 take about
@@ -45,8 +46,9 @@ def runner_path(kernel: Kernel) -> Path:
 def listed(runner: Path, filters: list[str]) -> list[str] | None:
     """The tests the runner will run (None: it cannot list them)."""
     try:
-        p = subprocess.run([str(runner), "-l"], capture_output=True, text=True, timeout=30,
-                           check=False)  # fmt: skip
+        p = subprocess.run(
+            [str(runner), "-l"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     names = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
@@ -59,8 +61,11 @@ def _verdict(r: SelftestResult) -> Verdict:
     if r.status == "skip":
         data = RunData(outcome=Outcome(skip_reason=r.message))
     elif r.status == "fail":
-        data = RunData(completeness=(Finding("selftest", "fail", f"{r.name}: {r.message}",
-                                             {"output": r.output[-8000:]}),))  # fmt: skip
+        data = RunData(
+            completeness=(
+                Finding("selftest", "fail", f"{r.name}: {r.message}", {"output": r.output[-8000:]}),
+            )
+        )
     else:
         data = RunData()
     return evaluate(data, Thresholds())
@@ -71,8 +76,12 @@ def _crashed(run: GuestRun | None, exc: Exception, expected: list[str] | None) -
     got = list(run.results) if run is not None else []
     started = {r.name.removeprefix("selftest:") for r in got if r.name.startswith("selftest:")}
     missing = [n for n in expected or () if n not in started]
-    data = {"exit_code": None, "timed_out": False, "unfinished": missing[0] if missing else "",
-            "tail": f"the guest died: {exc}"}  # fmt: skip
+    data = {
+        "exit_code": None,
+        "timed_out": False,
+        "unfinished": missing[0] if missing else "",
+        "tail": f"the guest died: {exc}",
+    }
     return [*got, TestResult(name="selftest-run", passed=False, data=data)]
 
 
@@ -85,12 +94,19 @@ def run_kselftest(
     expected = listed(runner, filters)
     if expected is not None and not expected:
         raise ConfigError(f"no selftest matches {', '.join(filters)} (runner -l lists them)")
-    job = {"mode": "kselftest", "runner": str(runner), "filters": filters,
-           "timeout_s": timeout_s, "host_paths": [str(runner.parent)]}  # fmt: skip
+    job = {
+        "mode": "kselftest",
+        "runner": str(runner),
+        "filters": filters,
+        "timeout_s": timeout_s,
+        "host_paths": [str(runner.parent)],
+    }
     req = dataclasses.replace(
-        base, job=job, ready_timeout=timeout_s + 60.0,
+        base,
+        job=job,
+        ready_timeout=timeout_s + 60.0,
         hard_cap=base.boot_timeout + timeout_s + 120.0,
-    )  # fmt: skip
+    )
     out = results_root / f"{time.strftime('%Y%m%d-%H%M%S')}-kselftest-{base.kernel.version}"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     t0 = time.monotonic()
@@ -116,16 +132,19 @@ def _record(
         test=r.name,
         scenario="kselftest",
         topology=str(req.topology),
-        kernel={"version": req.kernel.version, "image": str(req.kernel.image)},
+        kernel=kernel_info(req.kernel),
         scheduler=None,
         accel=run.accel.describe() if run else "",
         qemu=run.qemu.version_str if run else "",
-        durations={"boot_s": round(run.timings.ready or 0.0, 3) if run else 0.0,
-                   "workload_s": round(r.duration_s, 3), "total_s": round(total, 3)},
+        durations={
+            "boot_s": round(run.timings.ready or 0.0, 3) if run else 0.0,
+            "workload_s": round(r.duration_s, 3),
+            "total_s": round(total, 3),
+        },
         verdict=_verdict(r),
         artifacts=str(out / "vm") if r.status == "fail" else None,
         artifacts_dir=str(out / safe_name(r.name)),
-    )  # fmt: skip
+    )
     d = out / safe_name(r.name)
     write_sidecar(rec, d)
     if r.status == "fail" and r.output:

@@ -46,10 +46,13 @@ class Case:
     preset: str
     topology: Topology
     profile: Profile
+    #: The kernel's label (its version; its cache entry if two share one).
+    kernel: str = ""
 
     @property
     def id(self) -> str:
-        return f"gauntlet/{self.test}/{self.preset}/{self.profile.name}"
+        kernel = f"{self.kernel}/" if self.kernel else ""
+        return f"gauntlet/{self.test}/{kernel}{self.preset}/{self.profile.name}"
 
 
 def expand(
@@ -60,6 +63,7 @@ def expand(
     presets: Iterable[Preset] = PRESET_LIST,
     pairwise: bool = False,
     max_cpus: int | None = None,
+    kernel: str = "",
 ) -> list[Case]:
     """Every (preset, profile) the test admits; ``max_cpus`` is what the
     kernel can boot (CONFIG_NR_CPUS)."""
@@ -78,7 +82,7 @@ def expand(
             )
     profiles = [p for p in profiles if constraints.admits_profile(p)]
     return [
-        Case(test=test, preset=pr.name, topology=pr.topology, profile=p)
+        Case(test=test, preset=pr.name, topology=pr.topology, profile=p, kernel=kernel)
         for pr in presets
         if constraints.admits(pr.topology) and (max_cpus is None or pr.topology.cpus <= max_cpus)
         for p in profiles

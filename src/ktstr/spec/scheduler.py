@@ -52,10 +52,13 @@ class Scheduler:
     topology: str = ""
     flags: tuple[Flag, ...] | list[Flag] = ()
     thresholds: Thresholds = field(default_factory=Thresholds)
+    #: Kernels it runs on, as version prefixes ("6.12", "7."); empty = any.
+    kernels: tuple[str, ...] | list[str] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "flags", tuple(self.flags))
+        object.__setattr__(self, "kernels", tuple(self.kernels))
         if not self.binary:
             object.__setattr__(self, "binary", self.name)
         names = [f.name for f in self.flags]
@@ -67,6 +70,13 @@ class Scheduler:
                 raise ConfigError(
                     f"scheduler {self.name}: flag {f.name} refers to unknown flag(s) {unknown}"
                 )
+
+    def runs_on(self, version: str) -> bool:
+        """Whether this scheduler is meant for kernel ``version``."""
+        return not self.kernels or any(
+            version == k or version.startswith(k if k.endswith(".") else k + ".")
+            for k in self.kernels
+        )
 
     def flag(self, name: str) -> Flag:
         for f in self.flags:
