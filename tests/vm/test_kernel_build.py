@@ -37,3 +37,37 @@ def test_option_that_cannot_survive_is_named(source, monkeypatch):
         build_kernel(BuildRequest(source=source, config_only=True))
     assert exc.value.missing == ["CONFIG_KVM_AMD_SEV (want y, have n)"]
     assert "CONFIG_KVM_AMD_SEV" in str(exc.value)
+
+
+def test_selftests_runner_builds_and_runs(source, kernels, tmp_path):
+    """``kernel build --schedulers`` also builds the sched_ext selftests'
+    runner: here from the 6.12 source against the shared 6.12 vmlinux's BTF
+    (the step after a kernel build), then run in a guest of that kernel."""
+    import shutil
+
+    from ktstr.host.kernel_build import build_selftests, llvm_suffix, resolve_source
+    from ktstr.runner import BootRequest
+    from ktstr.runner.kselftest import run_kselftest
+    from ktstr.spec.topology import Topology
+    from tests.vm.conftest import kernel_for
+
+    try:
+        llvm_suffix()
+    except Exception as exc:
+        pytest.skip(f"host lacks clang for BPF: {exc} (KTSTR_SCHED_TOOLCHAIN=1 ./scripts/setup)")
+    k612 = kernel_for(kernels, "6.12")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vmlinux").symlink_to(k612.directory / "vmlinux")
+    runner = build_selftests(resolve_source(source, None), out, tmp_path / "dest", 2)
+    entry = tmp_path / "kernel"
+    shutil.copytree(
+        k612.directory, entry, symlinks=True, ignore=shutil.ignore_patterns("selftests")
+    )
+    (entry / "selftests" / "sched_ext").mkdir(parents=True)
+    shutil.copy2(runner, entry / "selftests" / "sched_ext" / "runner")
+    from ktstr.host.kernel import load_kernel
+
+    req = BootRequest(kernel=load_kernel(entry), topology=Topology.parse("1n1l2c1t"), job={})
+    records, _ = run_kselftest(req, tmp_path / "res", ["minimal"])
+    assert [(r.test, r.status.value) for r in records] == [("minimal", "pass")]
