@@ -20,6 +20,8 @@ from typing import Any
 from ktstr.evaluate.payloads import PayloadResult
 from ktstr.evaluate.stats import format_stats
 from ktstr.evaluate.verdict import Status, Verdict
+from ktstr.evaluate.verifier import Program, as_json
+from ktstr.evaluate.verifier import summary as verifier_summary
 
 SCHEMA = "ktstr.result/1"
 
@@ -48,6 +50,8 @@ class RunRecord:
     explained_by: dict[str, Any] | None = None
     bpf_writes: tuple[dict[str, Any], ...] = ()
     timeline: tuple[dict[str, Any], ...] = ()
+    #: What the verifier spent on each of the scheduler's BPF programs.
+    verifier: tuple[Program, ...] = ()
 
     #: Where result.json and the snapshots are.
     artifacts_dir: str | None = None
@@ -95,6 +99,7 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
         "explained_by": rec.explained_by["file"] if rec.explained_by else None,
         "bpf_writes": list(rec.bpf_writes),
         "timeline": list(rec.timeline),
+        "verifier": as_json(rec.verifier),
     }
 
 
@@ -154,6 +159,8 @@ def to_text(rec: RunRecord) -> str:
     lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
     lines += format_stats(v.stats)
     lines += payload_lines(v)
+    if rec.verifier:
+        lines.append(verifier_summary(rec.verifier))
     if rec.monitor:
         lines.append(monitor_line(rec.monitor))
     if v.scale.factor != 1.0:

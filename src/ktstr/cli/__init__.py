@@ -17,6 +17,7 @@ from ktstr.cli.kernel import add_kernel_parser
 from ktstr.cli.kselftest import add_kselftest_parser
 from ktstr.cli.run import add_run_parsers
 from ktstr.cli.snapshot import add_snapshot_parser
+from ktstr.cli.verifier import add_verifier_parser
 from ktstr.cli.vm import add_vm_parsers
 from ktstr.errors import Interrupted, KtstrError, Terminated
 from ktstr.host.signals import terminate_like_interrupt
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_vm_parsers(sub)
     add_run_parsers(sub)
     add_kselftest_parser(sub)
+    add_verifier_parser(sub)
     p = sub.add_parser(
         "gauntlet",
         help="expand @ktstr_test files across presets x flag "

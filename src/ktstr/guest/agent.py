@@ -270,6 +270,11 @@ def do_job(port: Port, job: dict[str, Any]) -> int:
         from ktstr.guest.scenario import run_scenario  # only scenario runs pay for it
 
         return run_scenario(port, job)
+    if mode == "attach":  # the scheduler attaches, reports its programs, stops
+        from ktstr.guest.scenario import session
+        from ktstr.protocol.messages import RunSummary
+
+        return session(port, job, "attach", lambda ex: RunSummary())
     if mode == "kselftest":
         from ktstr.guest.kselftest import run_kselftest
 

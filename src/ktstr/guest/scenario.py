@@ -53,6 +53,25 @@ WRITE_REFUSED = {
 }
 
 
+def _programs_now() -> tuple[set[int] | None, int]:
+    """The BPF programs loaded before the scheduler (None: cannot tell)."""
+    from ktstr.guest.bpfprogs import boottime_ns, prog_ids
+
+    try:
+        return prog_ids(), boottime_ns()
+    except OSError:
+        return None, 0
+
+
+def _programs_since(before: set[int], started_ns: int) -> list[dict[str, Any]]:
+    from ktstr.guest.bpfprogs import new_programs
+
+    try:
+        return new_programs(before, started_ns)[:256]
+    except OSError:
+        return []
+
+
 def refused(what: str, status: int) -> HostRefused:
     why = WRITE_REFUSED.get(status, os.strerror(status))
     code = errno.errorcode.get(status, status)
@@ -101,6 +120,7 @@ class Executor:
         quirk = QUIRKS.get(os.path.basename(binary))
         if quirk:
             pin_kthread(*quirk)  # exists only after a first enable
+        progs_before, started_ns = _programs_now()
         self.sched = Scheduler(binary, args, on_output=output, on_death=death)
         self.sched.start()
         why = self.sched.wait_attached(timeout)
@@ -120,11 +140,10 @@ class Executor:
             self.sched.start()
             why = self.sched.wait_attached(timeout)
         if why is None:
-            self.send(
-                Lifecycle(
-                    phase="scheduler_attached", detail={"ops": scx_ops(), "state": scx_state()}
-                )
-            )
+            detail: dict[str, Any] = {"ops": scx_ops(), "state": scx_state()}
+            if progs_before is not None:
+                detail["programs"] = _programs_since(progs_before, started_ns)
+            self.send(Lifecycle(phase="scheduler_attached", detail=detail))
         return why
 
     def scheduler_dead(self) -> bool:

@@ -28,6 +28,7 @@ from ktstr.errors import (
 from ktstr.evaluate.account import Expectation, run_data
 from ktstr.evaluate.monitor import MonitorJudge, explain
 from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, Verdict, evaluate
+from ktstr.evaluate.verifier import programs
 from ktstr.host.kernel import Kernel
 from ktstr.host.qemu_argv import Accel
 from ktstr.host.results import remove_if_unfinished, write_private
@@ -290,6 +291,7 @@ def _execute_job(
         monitor=run.monitor.summary() if run and run.monitor else None,
         monitor_view=_monitor_view(run),
         artifacts_dir=str(results_dir),
+        verifier=programs(run.evidence) if run else (),
     )
     results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if run is not None and run.monitor is not None and run.monitor.series:
