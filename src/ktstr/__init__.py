@@ -15,7 +15,7 @@ _EXPORTS = {
     "PRESETS": "ktstr.spec.topology",
     "ktstr_test": "ktstr.authoring",
     "CgroupDef": "ktstr.spec.scenario",
-    "CpusetSpec": "ktstr.spec.scenario",
+    "CpusetSpec": "ktstr.spec.cpuset",
     "Op": "ktstr.spec.scenario",
     "Step": "ktstr.spec.scenario",
     "HoldSpec": "ktstr.spec.scenario",
@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from ktstr.evaluate.payloads import payload_parser
     from ktstr.evaluate.snapshots import Snapshot
     from ktstr.spec.checks import PayloadGate, Thresholds
+    from ktstr.spec.cpuset import CpusetSpec
     from ktstr.spec.payload import Payload, Until
-    from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
+    from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
     from ktstr.spec.scheduler import Flag, Scheduler
     from ktstr.spec.topology import PRESETS, Topology
     from ktstr.spec.work import Affinity, AffinityMode, SchedPolicy, Work

@@ -114,3 +114,14 @@ def boot_request(
         cmdline_extra=tuple(args.append),
         **kw,  # type: ignore[arg-type]
     )
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """Where results go, and the machine-readable forms."""
+    p.add_argument(
+        "--results",
+        metavar="DIR",
+        help="results directory (default: $KTSTR_RESULTS or ~/.local/state/ktstr/results)",
+    )
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
+    p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ktstr.cli.args import add_vm_args, boot_request, finite
+from ktstr.cli.args import add_output_args, add_vm_args, boot_request, finite
 from ktstr.evaluate.verdict import Status
 from ktstr.host.results import check_writable_dir, check_writable_file, results_root, write_private
 from ktstr.report import to_junit, to_ktap
@@ -61,7 +61,5 @@ def add_kselftest_parser(sub: Any) -> None:
         metavar="S",
         help="longest the runner may take (default %(default)gs)",
     )
-    p.add_argument("--results", metavar="DIR", help="results directory")
-    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
-    p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")
+    add_output_args(p)
     p.set_defaults(func=cmd_kselftest)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ktstr.cli.args import add_vm_args, boot_request, count, finite
+from ktstr.cli.args import add_output_args, add_vm_args, boot_request, count, finite
 from ktstr.errors import ConfigError
 from ktstr.evaluate.verdict import Status
 from ktstr.host import kernel as kern
@@ -224,13 +224,7 @@ def add_run_parsers(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="override a check threshold (or NAME=off); repeatable",
     )
-    p.add_argument(
-        "--results",
-        metavar="DIR",
-        help="results directory (default: $KTSTR_RESULTS or ~/.local/state/ktstr/results)",
-    )
-    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here")
-    p.add_argument("--ktap", action="store_true", help="print KTAP v1 instead of text")
+    add_output_args(p)
     p.add_argument(
         "--no-monitor",
         action="store_true",

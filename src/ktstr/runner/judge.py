@@ -61,6 +61,10 @@ class SchedulerRun:
     def name(self) -> str:
         return self.binary.name
 
+    def info(self) -> dict[str, Any]:
+        """How result.json names the scheduler under test."""
+        return {"name": self.name, "binary": str(self.binary), "args": list(self.args)}
+
 
 def kernel_info(kernel: Kernel) -> dict[str, str]:
     """How result.json names a kernel: its version, image and cache entry."""
@@ -264,18 +268,8 @@ def _execute_job(
         test=test,
         scenario=scenario,
         topology=str(req.topology),
-        kernel={
-            "version": req.kernel.version,
-            "image": str(req.kernel.image),
-            "dir": str(req.kernel.directory),
-        },
-        scheduler=None
-        if scheduler is None
-        else {
-            "name": scheduler.name,
-            "binary": str(scheduler.binary),
-            "args": list(scheduler.args),
-        },
+        kernel=kernel_info(req.kernel),
+        scheduler=scheduler.info() if scheduler is not None else None,
         accel=accel.describe(),
         qemu=qemu.version_str,
         durations={
@@ -338,13 +332,7 @@ def skipped(
         scenario=test,
         topology=str(req.topology),
         kernel=kernel_info(req.kernel),
-        scheduler=None
-        if scheduler is None
-        else {
-            "name": scheduler.name,
-            "binary": str(scheduler.binary),
-            "args": list(scheduler.args),
-        },
+        scheduler=scheduler.info() if scheduler is not None else None,
         accel="not started",
         qemu="",
         durations={"boot_s": 0.0, "workload_s": 0.0, "total_s": 0.0},

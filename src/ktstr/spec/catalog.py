@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ktstr.spec.checks import Thresholds
+from ktstr.spec.cpuset import CpusetSpec
 from ktstr.spec.payload import Payload
-from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
+from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
 from ktstr.spec.work import Affinity, AffinityMode, SchedPolicy, Work
 
 _half = HoldSpec.fraction(0.5)
