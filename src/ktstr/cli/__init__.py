@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ktstr.cli.args import Parser, finite
+from ktstr.cli.compare import add_compare_parser
 from ktstr.cli.kernel import add_kernel_parser
 from ktstr.cli.kselftest import add_kselftest_parser
 from ktstr.cli.run import add_run_parsers
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parsers(sub)
     add_kselftest_parser(sub)
     add_verifier_parser(sub)
+    add_compare_parser(sub)
     p = sub.add_parser(
         "gauntlet",
         help="expand @ktstr_test files across presets x flag "

@@ -86,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"unknown scenario(s): {', '.join(unknown)}", hint="'ktstr list' shows the catalog"
         )
+    if not 0 <= args.accept_flake_rate <= 1:
+        raise ConfigError(f"--accept-flake-rate must be in 0..1, got {args.accept_flake_rate:g}")
     for n in names:
         _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
     root = _check_outputs(args)
@@ -108,12 +110,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.junit:
         write_private(Path(args.junit), to_junit(records))
     failed = [r for r in records if r.status is Status.FAIL]
+    if args.repeat > 1 and not args.ktap:
+        print("\n".join(pass_rates(records)))
     if failed and not args.ktap:
         print(
             f"{len(failed)} of {len(records)} failed; re-run one with: "
-            f"{_rerun_command(args, failed[0].test, failed[0].kernel, len(kernels) > 1)}"
+            f"{_rerun_command(args, failed[0].scenario, failed[0].kernel, len(kernels) > 1)}"
         )
+    if failed and args.repeat > 1 and args.accept_flake_rate > 0:
+        return 1 if _over_flake_rate(records, args.accept_flake_rate) else 0
     return 1 if failed else 0
+
+
+def _cases(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
+    out: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for r in records:
+        out.setdefault((r.scenario, r.topology, r.kernel.get("version", "")), []).append(r)
+    return out
+
+
+def pass_rates(records: list[RunRecord]) -> list[str]:
+    """Per case: how often it passed, with a 95 % Wilson interval, and the
+    failing runs' findings grouped by check."""
+    from ktstr.evaluate.compare import wilson
+
+    lines = ["pass rates (95% Wilson interval):"]
+    for (scenario, topo, kernel), runs in _cases(records).items():
+        ok = sum(r.status is not Status.FAIL for r in runs)
+        lo, hi = wilson(ok, len(runs))
+        what = "passed" if ok == len(runs) else "FAILED" if ok == 0 else "FLAKY"
+        checks: dict[str, int] = {}
+        for r in runs:
+            for f in r.verdict.failures:
+                checks[f.check] = checks.get(f.check, 0) + 1
+        by = ", ".join(f"{c} x{n}" for c, n in sorted(checks.items()))
+        lines.append(
+            f"  {scenario} [{topo}, Linux {kernel}]: {ok}/{len(runs)} {what} "
+            f"({ok / len(runs):.0%}, {lo:.0%}-{hi:.0%})" + (f"; failing checks: {by}" if by else "")
+        )
+    return lines
+
+
+def _over_flake_rate(records: list[RunRecord], rate: float) -> bool:
+    return any(
+        sum(r.status is Status.FAIL for r in runs) / len(runs) > rate
+        for runs in _cases(records).values()
+    )
 
 
 def _run_on(
@@ -127,7 +169,7 @@ def _run_on(
     label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
     matrix = len(args.kernel or ()) > 1
     records = []
-    for plan in plans:
+    for plan in [p for p in plans for _ in range(args.repeat)]:
         print(
             f"== {plan.scenario}: {base.topology} ({base.topology.cpus} vCPUs), "
             f"{plan.duration_s:g}s, {label}"
@@ -225,6 +267,20 @@ def add_run_parsers(sub: Any) -> None:
         help="override a check threshold (or NAME=off); repeatable",
     )
     add_output_args(p)
+    p.add_argument(
+        "--repeat",
+        type=count(1, 1000),
+        default=1,
+        metavar="N",
+        help="run each scenario N times (N VMs): pass rates instead of retries",
+    )
+    p.add_argument(
+        "--accept-flake-rate",
+        type=finite(),
+        default=0.0,
+        metavar="R",
+        help="with --repeat: exit 0 if no case failed more often than R (0..1)",
+    )
     p.add_argument(
         "--no-monitor",
         action="store_true",
