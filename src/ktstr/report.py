@@ -52,6 +52,8 @@ class RunRecord:
     timeline: tuple[dict[str, Any], ...] = ()
     #: What the verifier spent on each of the scheduler's BPF programs.
     verifier: tuple[Program, ...] = ()
+    #: The host it ran on: CPUs, ktstr version (what a comparison pairs by).
+    host: dict[str, Any] = field(default_factory=dict)
 
     #: Where result.json and the snapshots are.
     artifacts_dir: str | None = None
@@ -72,6 +74,7 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
         "kernel": rec.kernel,
         "scheduler": rec.scheduler,
         "accel": rec.accel,
+        "host": rec.host,
         "qemu": rec.qemu,
         "durations": rec.durations,
         "thresholds": v.thresholds.active(),

@@ -10,6 +10,7 @@ never a bare traceback.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import time
@@ -62,8 +63,27 @@ class SchedulerRun:
         return self.binary.name
 
     def info(self) -> dict[str, Any]:
-        """How result.json names the scheduler under test."""
-        return {"name": self.name, "binary": str(self.binary), "args": list(self.args)}
+        """How result.json names the scheduler under test (its hash tells two
+        builds of one name apart when results are compared)."""
+        return {"name": self.name, "binary": str(self.binary), "args": list(self.args),
+                "sha256": file_sha256(self.binary)}  # fmt: skip
+
+
+def host_info() -> dict[str, Any]:
+    from ktstr import __version__
+
+    return {"cpus": os.cpu_count() or 0, "ktstr": __version__}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()
 
 
 def kernel_info(kernel: Kernel) -> dict[str, str]:
@@ -286,6 +306,7 @@ def _execute_job(
         monitor_view=_monitor_view(run),
         artifacts_dir=str(results_dir),
         verifier=programs(run.evidence) if run else (),
+        host=host_info(),
     )
     results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if run is not None and run.monitor is not None and run.monitor.series:
