@@ -7,10 +7,15 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
+from ktstr.cli.args import add_vm_args, count, finite
 from ktstr.errors import ConfigError
+from ktstr.host import kernel as kern
+from ktstr.host.results import check_writable_dir, new_run_dir, results_root, write_private
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -29,10 +34,101 @@ def load(path: Path) -> list[dict[str, Any]]:
     return docs
 
 
+def _side(args: argparse.Namespace, which: str) -> tuple[Any, Any]:
+    """(BootRequest, SchedulerRun | None) of side ``which`` ("a" or "b")."""
+    from ktstr.cli.args import boot_request
+    from ktstr.runner import SchedulerRun, scheduler_binary
+
+    kernel = kern.resolve_kernel(getattr(args, f"{which}_kernel") or args.kernel)
+    base = boot_request(args, {}, kernel=kernel, name=f"compare-{which}")
+    name = getattr(args, f"{which}_scheduler")
+    if name in (None, "", "eevdf", "EEVDF"):
+        return base, None
+    extra = tuple(shlex.split(getattr(args, f"{which}_args") or ""))
+    return base, SchedulerRun(binary=scheduler_binary(name, kernel), args=extra)
+
+
+def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
+    """N trials of every scenario on both sides, interleaved (A, B, A, B,
+    ...) so that whatever drifts on the host hits both alike."""
+    from ktstr.cli.run import _chain
+    from ktstr.host.results import new_run_dir
+    from ktstr.runner import check_payload_tools, execute
+    from ktstr.spec.catalog import SCENARIOS
+    from ktstr.spec.scenario import resolve
+
+    unknown = [n for n in args.items if n not in SCENARIOS]
+    if unknown:
+        raise ConfigError(f"unknown scenario(s): {', '.join(unknown)}", hint="'ktstr list'")
+    sides = {w: _side(args, w) for w in ("a", "b")}
+    plans = [resolve(SCENARIOS[n], sides["a"][0].topology, args.duration) for n in args.items]
+    for plan in plans:
+        check_payload_tools(plan)
+    dirs = {w: root / w for w in sides}
+    for trial in range(1, args.trials + 1):
+        for plan in plans:
+            for w, (base, sched) in sides.items():
+                label = sched.name if sched else "EEVDF"
+                print(f"== trial {trial}/{args.trials} {plan.scenario} {w.upper()}: {label}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                out = new_run_dir(dirs[w], f"{plan.scenario}-{base.topology}")
+                execute(dataclasses.replace(base, name=plan.scenario), plan, sched,
+                        _chain(SCENARIOS[plan.scenario], args), out)  # fmt: skip
+    return dirs["a"], dirs["b"]
+
+
+def calibration_file(args: argparse.Namespace) -> Path:
+    if args.calibration:
+        return Path(args.calibration)
+    return results_root() / "calibration.json"
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """A against A, interleaved: store each metric's noise for later comparisons."""
+    from ktstr.evaluate.compare import calibrate
+
+    if args.trials < 2:
+        raise ConfigError("--calibrate needs --trials N (N >= 2; 5 or more is better)")
+    args.b_scheduler, args.b_args, args.b_kernel = args.a_scheduler, args.a_args, args.a_kernel
+    root = Path(args.results) if args.results else results_root()
+    check_writable_dir(root, "--results" if args.results else "results directory")
+    pa, pb = run_trials(args, new_run_dir(root, "calibrate"))
+    cal = calibrate(load(pa), load(pb))
+    path = calibration_file(args)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update(cal)
+    write_private(path, json.dumps(old, indent=2, sort_keys=True) + "\n")
+    for case, per in cal.items():
+        print(f"\n{case}: A/A noise (95% interval half-width) and the smallest change detected")
+        print(f"  {'metric':30} {'noise':>10} {'CV':>7} {'N=5':>7} {'N=10':>7}")
+        for m, v in sorted(per.items()):
+            unit = "{:.1%}" if v["relative"] else "{:.3g}"
+            noise = "?" if v["noise"] is None else unit.format(v["noise"])
+            print(f"  {m[:30]:30} {noise:>10} {v['cv']:7.1%} "
+                  f"{v['mde_n5']:7.1%} {v['mde_n10']:7.1%}")  # fmt: skip
+    print(f"\ncalibration: {path}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from ktstr.evaluate.compare import compare, gate_failures, side_label, table
 
-    a, b = load(Path(args.a)), load(Path(args.b))
+    if args.calibrate:
+        return cmd_calibrate(args)
+    if args.trials:
+        if args.trials < 2:
+            raise ConfigError("--trials must be >= 2: one run a side says nothing about noise")
+        root = Path(args.results) if args.results else results_root()
+        check_writable_dir(root, "--results" if args.results else "results directory")
+        pa, pb = run_trials(args, new_run_dir(root, "compare"))
+    elif len(args.items) == 2:
+        pa, pb = Path(args.items[0]), Path(args.items[1])
+    else:
+        raise ConfigError(
+            "compare needs A_RESULTS B_RESULTS, or SCENARIO... with --trials N",
+            hint="ktstr compare a/ b/, or ktstr compare steady --b-scheduler scx_simple --trials 5",
+        )
+    a, b = load(pa), load(pb)
     for side, docs in (("A", a), ("B", b)):
         if len(docs) < 2:
             raise ConfigError(
@@ -45,7 +141,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"bad --fail-on {g!r}: expected METRIC_GLOB:+PERCENT% (*.max_gap_ms:+10%)"
             )
-    changes = compare(a, b)
+    cal = calibration_file(args)
+    noise = {
+        case: {m: v["noise"] for m, v in per.items() if v.get("noise") is not None}
+        for case, per in (json.loads(cal.read_text()) if cal.is_file() else {}).items()
+    }
+    changes = compare(a, b, noise)
     failures = gate_failures(changes, args.fail_on)
     if args.json:
         print(
@@ -72,9 +173,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_compare_parser(sub: Any) -> None:
-    p = sub.add_parser("compare", help="A/B: compare two sets of results (result.json files)")
-    p.add_argument("a", metavar="A_RESULTS")
-    p.add_argument("b", metavar="B_RESULTS")
+    p = sub.add_parser(
+        "compare",
+        help="A/B: compare two sets of results, or run both sides (--trials N) and compare",
+    )
+    p.add_argument("items", nargs="*", metavar="A_RESULTS B_RESULTS | SCENARIO",
+                   help="two results directories, or scenarios to run with --trials")  # fmt: skip
+    add_vm_args(p)
+    p.add_argument("--trials", type=count(0, 1000), default=0, metavar="N",
+                   help="run N trials of each side, interleaved, then compare")  # fmt: skip
+    p.add_argument("--duration", type=finite(), default=None, metavar="S")
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--results", metavar="DIR", help="where the trials' results go")
+    for w in ("a", "b"):
+        p.add_argument(f"--{w}-scheduler", metavar="NAME|PATH", help=f"side {w.upper()}'s "
+                       "scheduler (default EEVDF)")  # fmt: skip
+        p.add_argument(f"--{w}-args", metavar="'ARGS'", help=f"side {w.upper()}'s scheduler args")
+        p.add_argument(f"--{w}-kernel", metavar="KERNEL", help=f"side {w.upper()}'s kernel")
     p.add_argument(
         "--fail-on",
         action="append",
@@ -83,4 +198,12 @@ def add_compare_parser(sub: Any) -> None:
         help="exit 1 on a significant change worse than PCT%% (metric glob)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="run side A against itself (--trials N) and store each metric's noise",
+    )
+    p.add_argument("--calibration", metavar="FILE",
+                   help="noise file (default: RESULTS_ROOT/calibration.json); changes inside "
+                   "the noise are never significant")  # fmt: skip
     p.set_defaults(func=cmd_compare)

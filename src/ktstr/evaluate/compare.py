@@ -89,6 +89,8 @@ class Change:
     better: str
     verdict: str  # "better", "worse", "changed", "no significant change"
     relative: bool = True
+    #: The A/A noise of this metric (same units as ``change``), if calibrated.
+    noise: float | None = None
 
 
 def _relative(a: Any, b: Any, axis: int = -1) -> Any:
@@ -130,8 +132,13 @@ def _one(case: str, metric: str, a: list[float], b: list[float]) -> Change:
                   "", relative)  # fmt: skip
 
 
-def compare(a_docs: list[Doc], b_docs: list[Doc]) -> list[Change]:
-    """Every metric of every case both sides ran at least twice."""
+Noise = dict[str, dict[str, float]]  # case -> metric -> A/A noise
+
+
+def compare(a_docs: list[Doc], b_docs: list[Doc], noise: Noise | None = None) -> list[Change]:
+    """Every metric of every case both sides ran at least twice; with
+    ``noise`` (from an A/A calibration) a change inside the noise is never
+    significant."""
     from scipy import stats
 
     def group(docs: list[Doc]) -> dict[tuple[str, str], list[dict[str, float]]]:
@@ -154,12 +161,46 @@ def compare(a_docs: list[Doc], b_docs: list[Doc]) -> list[Change]:
     if not changes:
         return []
     adj = stats.false_discovery_control([c.p for c in changes], method="bh")
+    noise = noise or {}
+    changes = [dataclasses.replace(c, noise=noise.get(c.case, {}).get(c.metric)) for c in changes]
     return [_verdict(c, float(p)) for c, p in zip(changes, adj, strict=True)]
+
+
+def calibrate(a1: list[Doc], a2: list[Doc]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """A against A: per case and metric, the noise (the largest change the
+    A/A interval admits), the coefficient of variation of the runs, and the
+    smallest change a comparison of 5 or 10 runs a side detects (two-sided
+    5 %, power 80 %, normal approximation)."""
+    from scipy import stats
+
+    z = float(stats.norm.ppf(0.975) + stats.norm.ppf(0.8))
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    pooled: dict[tuple[str, str], list[float]] = {}
+    for d in [*a1, *a2]:
+        key = case_key(d)
+        for m, v in metrics(d).items():
+            pooled.setdefault((f"{key[0]} [{key[1]}]", m), []).append(v)
+    for c in compare(a1, a2):
+        runs = pooled.get((c.case, c.metric), [])
+        mean = statistics.fmean(runs) if runs else 0.0
+        cv = statistics.stdev(runs) / abs(mean) if len(runs) > 1 and mean else 0.0
+        width = max(abs(c.ci[0]), abs(c.ci[1]))
+        out.setdefault(c.case, {})[c.metric] = {
+            "noise": width if math.isfinite(width) else None,
+            "relative": float(c.relative),
+            "cv": cv,
+            "mde_n5": z * math.sqrt(2 / 5) * cv,
+            "mde_n10": z * math.sqrt(2 / 10) * cv,
+            "runs": float(len(runs)),
+        }
+    return out
 
 
 def _verdict(c: Change, p_adj: float) -> Change:
     lo, hi = c.ci
     significant = p_adj < ALPHA and not (lo <= 0 <= hi) and not math.isnan(lo)
+    if c.noise is not None and abs(c.change) <= c.noise:
+        significant = False  # inside what A against A itself shows
     if not significant:
         v = "no significant change"
     elif not c.better:
@@ -198,8 +239,11 @@ def table(changes: list[Change]) -> list[str]:
             ci = f"{c.change:+.1%} [{c.ci[0]:+.0%}, {c.ci[1]:+.0%}]"
         else:
             ci = f"{c.change:+.4g} abs [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}]"
+        units = ""
+        if c.noise is not None and c.noise > 0 and math.isfinite(c.noise):
+            units = f" ({c.change / c.noise:+.1f} x noise)"
         lines.append(f"  {c.metric[:30]:30} {c.median_a:10.4g} {c.median_b:10.4g} {ci:>26} "
-                     f"{c.p_adj:7.3f}  {c.verdict}")  # fmt: skip
+                     f"{c.p_adj:7.3f}  {c.verdict}{units}")  # fmt: skip
     return lines
 
 
