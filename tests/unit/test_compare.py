@@ -75,3 +75,22 @@ def test_wilson_interval():
     lo, hi = wilson(19, 20)
     assert lo == pytest.approx(0.764, abs=0.002) and hi == pytest.approx(0.991, abs=0.002)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_calibration_sets_the_noise_floor():
+    """A change smaller than what A against A shows is not significant, even
+    when its p-value alone would say so; the detectable change shrinks with N."""
+    from ktstr.evaluate.compare import calibrate
+
+    rng = random.Random(7)
+    cal = calibrate(side(10, 100.0, 800.0, rng), side(10, 100.0, 800.0, rng))
+    per = cal["steady [1n2l2c1t]"]["cg0.work_rate"]
+    assert 0 < per["noise"] < 0.1 and 0.02 < per["cv"] < 0.07
+    assert per["mde_n10"] < per["mde_n5"]
+    a, b = side(10, 100.0, 800.0, rng, noise=0.002), side(10, 101.0, 800.0, rng, noise=0.002)
+    plain = {c.metric: c for c in compare(a, b)}
+    assert plain["cg0.work_rate"].verdict == "better"  # 1 % with almost no spread
+    noise = {"steady [1n2l2c1t]": {"cg0.work_rate": 0.03}}
+    floored = {c.metric: c for c in compare(a, b, noise)}
+    assert floored["cg0.work_rate"].verdict == "no significant change"
+    assert "x noise" in "\n".join(table(list(floored.values())))
