@@ -85,12 +85,12 @@ def test_calibration_sets_the_noise_floor():
     rng = random.Random(7)
     cal = calibrate(side(10, 100.0, 800.0, rng), side(10, 100.0, 800.0, rng))
     per = cal["steady [1n2l2c1t]"]["cg0.work_rate"]
-    assert 0 < per["noise"] < 0.1 and 0.02 < per["cv"] < 0.07
-    assert per["mde_n10"] < per["mde_n5"]
+    assert 0.02 < per["noise"] < 0.07  # the 4 % run-to-run noise drawn above
+    assert per["mde_n10"] < per["mde_n5"] < 0.1
     a, b = side(10, 100.0, 800.0, rng, noise=0.002), side(10, 101.0, 800.0, rng, noise=0.002)
     plain = {c.metric: c for c in compare(a, b)}
     assert plain["cg0.work_rate"].verdict == "better"  # 1 % with almost no spread
-    noise = {"steady [1n2l2c1t]": {"cg0.work_rate": 0.03}}
+    noise = {"steady [1n2l2c1t]": {"cg0.work_rate": 0.03}}  # floor at N=10: 2.6 %
     floored = {c.metric: c for c in compare(a, b, noise)}
     assert floored["cg0.work_rate"].verdict == "no significant change"
     assert "x noise" in "\n".join(table(list(floored.values())))

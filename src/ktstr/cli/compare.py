@@ -99,13 +99,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     old.update(cal)
     write_private(path, json.dumps(old, indent=2, sort_keys=True) + "\n")
     for case, per in cal.items():
-        print(f"\n{case}: A/A noise (95% interval half-width) and the smallest change detected")
-        print(f"  {'metric':30} {'noise':>10} {'CV':>7} {'N=5':>7} {'N=10':>7}")
+        print(f"\n{case}: A/A noise (run-to-run CV) and the smallest change detected")
+        print(f"  {'metric':30} {'noise':>9} {'A/A change':>11} {'N=5':>9} {'N=10':>9}")
         for m, v in sorted(per.items()):
-            unit = "{:.1%}" if v["relative"] else "{:.3g}"
-            noise = "?" if v["noise"] is None else unit.format(v["noise"])
-            print(f"  {m[:30]:30} {noise:>10} {v['cv']:7.1%} "
-                  f"{v['mde_n5']:7.1%} {v['mde_n10']:7.1%}")  # fmt: skip
+            f = "{:.1%}" if v["relative"] else "{:.3g}"
+            cells = [f.format(v[k] or 0.0) for k in ("noise", "aa_change", "mde_n5", "mde_n10")]
+            print(f"  {m[:30]:30} {cells[0]:>9} {cells[1]:>11} {cells[2]:>9} {cells[3]:>9}")
     print(f"\ncalibration: {path}")
     return 0
 

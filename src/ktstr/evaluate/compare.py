@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ALPHA = 0.05
+Z95 = 1.959964  # two-sided 95 %
 Doc = dict[str, Any]
 
 
@@ -89,8 +90,16 @@ class Change:
     better: str
     verdict: str  # "better", "worse", "changed", "no significant change"
     relative: bool = True
-    #: The A/A noise of this metric (same units as ``change``), if calibrated.
+    #: The A/A noise of this metric: its run-to-run coefficient of variation
+    #: (its standard deviation where it is absolute), if calibrated.
     noise: float | None = None
+
+    @property
+    def floor(self) -> float | None:
+        """The change A against A shows at this comparison's N (95 %)."""
+        if self.noise is None:
+            return None
+        return Z95 * math.sqrt(1 / self.n_a + 1 / self.n_b) * self.noise
 
 
 def _relative(a: Any, b: Any, axis: int = -1) -> Any:
@@ -167,10 +176,10 @@ def compare(a_docs: list[Doc], b_docs: list[Doc], noise: Noise | None = None) ->
 
 
 def calibrate(a1: list[Doc], a2: list[Doc]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """A against A: per case and metric, the noise (the largest change the
-    A/A interval admits), the coefficient of variation of the runs, and the
-    smallest change a comparison of 5 or 10 runs a side detects (two-sided
-    5 %, power 80 %, normal approximation)."""
+    """A against A: per case and metric, its noise (the runs' coefficient of
+    variation, or standard deviation where the mean is 0), the change A/A
+    itself showed, and the smallest change a comparison of 5 or 10 runs a
+    side detects (two-sided 5 %, power 80 %, normal approximation)."""
     from scipy import stats
 
     z = float(stats.norm.ppf(0.975) + stats.norm.ppf(0.8))
@@ -183,14 +192,14 @@ def calibrate(a1: list[Doc], a2: list[Doc]) -> dict[str, dict[str, dict[str, flo
     for c in compare(a1, a2):
         runs = pooled.get((c.case, c.metric), [])
         mean = statistics.fmean(runs) if runs else 0.0
-        cv = statistics.stdev(runs) / abs(mean) if len(runs) > 1 and mean else 0.0
-        width = max(abs(c.ci[0]), abs(c.ci[1]))
+        sd = statistics.stdev(runs) if len(runs) > 1 else 0.0
+        noise = sd / abs(mean) if c.relative and mean else sd
         out.setdefault(c.case, {})[c.metric] = {
-            "noise": width if math.isfinite(width) else None,
+            "noise": noise,
             "relative": float(c.relative),
-            "cv": cv,
-            "mde_n5": z * math.sqrt(2 / 5) * cv,
-            "mde_n10": z * math.sqrt(2 / 10) * cv,
+            "aa_change": c.change,
+            "mde_n5": z * math.sqrt(2 / 5) * noise,
+            "mde_n10": z * math.sqrt(2 / 10) * noise,
             "runs": float(len(runs)),
         }
     return out
@@ -199,8 +208,8 @@ def calibrate(a1: list[Doc], a2: list[Doc]) -> dict[str, dict[str, dict[str, flo
 def _verdict(c: Change, p_adj: float) -> Change:
     lo, hi = c.ci
     significant = p_adj < ALPHA and not (lo <= 0 <= hi) and not math.isnan(lo)
-    if c.noise is not None and abs(c.change) <= c.noise:
-        significant = False  # inside what A against A itself shows
+    if c.floor is not None and abs(c.change) <= c.floor:
+        significant = False  # inside what A against A itself shows at this N
     if not significant:
         v = "no significant change"
     elif not c.better:
@@ -240,7 +249,7 @@ def table(changes: list[Change]) -> list[str]:
         else:
             ci = f"{c.change:+.4g} abs [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}]"
         units = ""
-        if c.noise is not None and c.noise > 0 and math.isfinite(c.noise):
+        if c.noise:
             units = f" ({c.change / c.noise:+.1f} x noise)"
         lines.append(f"  {c.metric[:30]:30} {c.median_a:10.4g} {c.median_b:10.4g} {ci:>26} "
                      f"{c.p_adj:7.3f}  {c.verdict}{units}")  # fmt: skip
