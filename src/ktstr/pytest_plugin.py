@@ -75,6 +75,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="KERNEL",
         help="kernel; repeat for a kernel matrix (default: $KTSTR_KERNEL, then the newest cached)",
     )
+    g.addoption(
+        "--ktstr-repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every case N times (N VMs): pass rates with 95%% intervals, not retries",
+    )
     g.addoption("--ktstr-accel", choices=("auto", "kvm", "tcg"), default="auto")
     g.addoption("--ktstr-results", metavar="DIR", help="where sidecars and evidence go")
     g.addoption(
@@ -93,6 +100,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="skip VM tests on a host without QEMU or a kernel (default: fail the session)",
     )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """With --ktstr-repeat: each case's pass rate and its failing checks."""
+    trials: dict[str, list[RunRecord]] = _state.get("trials", {})
+    if not trials:
+        return
+    from ktstr.evaluate.compare import wilson
+
+    terminalreporter.section("ktstr pass rates (95% Wilson interval)")
+    for name, recs in sorted(trials.items()):
+        ok = sum(r.status is not Status.FAIL for r in recs)
+        lo, hi = wilson(ok, len(recs))
+        checks: dict[str, int] = {}
+        for r in recs:
+            for f in r.verdict.failures:
+                checks[f.check] = checks.get(f.check, 0) + 1
+        what = "passed" if ok == len(recs) else "FAILED" if ok == 0 else "FLAKY"
+        by = ", ".join(f"{c} x{n}" for c, n in sorted(checks.items()))
+        terminalreporter.write_line(
+            f"{name}: {ok}/{len(recs)} {what} ({lo:.0%}-{hi:.0%})"
+            + (f"; failing checks: {by}" if by else "")
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -186,14 +216,21 @@ def _cases(spec: TestSpec, config: pytest.Config) -> list[Case]:
 def _case_id(case: Case, gauntlet: bool) -> str:
     if gauntlet:
         return case.id
-    return f"{case.preset}-{case.kernel}" if case.kernel else case.preset
+    base = f"{case.preset}-{case.kernel}" if case.kernel else case.preset
+    return f"{base}#{case.trial}" if case.trial else base
+
+
+def _repeated(cases: list[Case], n: int) -> list[Case]:
+    if n <= 1:
+        return cases
+    return [dataclasses.replace(c, trial=t) for c in cases for t in range(1, n + 1)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     spec = getattr(metafunc.function, "ktstr_spec", None)
     if spec is None:
         return
-    cases = _cases(spec, metafunc.config)
+    cases = _repeated(_cases(spec, metafunc.config), metafunc.config.getoption("ktstr_repeat"))
     gauntlet = metafunc.config.getoption("gauntlet")
     metafunc.parametrize("ktstr_case", cases, ids=[_case_id(c, gauntlet) for c in cases])
 
@@ -320,6 +357,9 @@ def run_case(spec: TestSpec, case: Case) -> None:
             f"ktstr infrastructure error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""),
             pytrace=False,
         )
+    if case.trial:
+        key = _case_id(dataclasses.replace(case, trial=0), config.getoption("gauntlet"))
+        _state.setdefault("trials", {}).setdefault(f"{spec.name}[{key}]", []).append(rec)
     if rec.status is Status.FAIL:
         pytest.fail(to_text(rec) + f"\nresult: {out / 'result.json'}", pytrace=False)
     if rec.status is Status.SKIP:

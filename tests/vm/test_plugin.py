@@ -352,3 +352,30 @@ def test_payloads_in_test_bodies_with_a_registered_parser(pytester, kernel, isol
     assert {p["name"] for p in doc["payloads"]} == {"hackbench", "echo"}
     limit = 600 * doc["scale"]["factor"]  # as applied: a time widens under emulation
     assert doc["thresholds"]["payload"] == [f"payload.hackbench.time_s <= {limit:g}"]
+
+
+def test_repeat_reports_pass_rates(pytester, kernel, isolated):
+    """--ktstr-repeat 2: two VMs per case, and each case's pass rate at the end."""
+    pytester.makepyfile(
+        test_r="""
+from ktstr import CgroupDef, ktstr_test
+
+@ktstr_test(cores=2, duration=1)
+def test_r(ctx):
+    ctx.execute_defs([CgroupDef("a", workers=2)])
+"""
+    )
+    res = isolated / "res"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--ktstr-results={res}", "--ktstr-repeat", "2", "-v"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*test_r?1n1l2c1t#1? PASSED*", "*test_r?1n1l2c1t#2? PASSED*",
+         "*ktstr pass rates*", "test_r?1n1l2c1t?: 2/2 passed (*"]
+    )  # fmt: skip
+    listed = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--gauntlet", "--ktstr-repeat", "2", "--collect-only", "-q"
+    )
+    ids = [ln for ln in listed.stdout.lines if "gauntlet/" in ln]
+    assert ids and all(i.rstrip("]").endswith(("#1", "#2")) for i in ids)

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ktstr.cli.args import Parser, finite
+from ktstr.cli.args import Parser, count, finite
 from ktstr.cli.compare import add_compare_parser
 from ktstr.cli.kernel import add_kernel_parser
 from ktstr.cli.kselftest import add_kselftest_parser
@@ -54,6 +54,8 @@ def cmd_gauntlet(args: argparse.Namespace) -> int:
         argv.append("--pairwise")
     for k in args.kernel:
         argv += ["--ktstr-kernel", k]
+    if args.repeat > 1:
+        argv += ["--ktstr-repeat", str(args.repeat)]
     code = int(pytest.main(argv))
     return 0 if code == 0 else 1 if code == 1 else 2
 
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel", action="append", default=[], metavar="KERNEL",
         help="a kernel of the matrix (repeatable; default: the newest cached)",
     )  # fmt: skip
+    p.add_argument("--repeat", type=count(1, 1000), default=1, metavar="N",
+                   help="run every case N times: pass rates, not retries")  # fmt: skip
     p.set_defaults(func=cmd_gauntlet)
 
     p = sub.add_parser("list", help="list the canned scenarios")

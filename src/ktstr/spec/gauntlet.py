@@ -48,11 +48,14 @@ class Case:
     profile: Profile
     #: The kernel's label (its version; its cache entry if two share one).
     kernel: str = ""
+    #: Which of ``--ktstr-repeat N`` runs this is (0: not repeated).
+    trial: int = 0
 
     @property
     def id(self) -> str:
         kernel = f"{self.kernel}/" if self.kernel else ""
-        return f"gauntlet/{self.test}/{kernel}{self.preset}/{self.profile.name}"
+        trial = f"#{self.trial}" if self.trial else ""
+        return f"gauntlet/{self.test}/{kernel}{self.preset}/{self.profile.name}{trial}"
 
 
 def expand(
