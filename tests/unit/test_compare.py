@@ -4,6 +4,7 @@ and Wilson pass-rate intervals."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -94,3 +95,15 @@ def test_calibration_sets_the_noise_floor():
     floored = {c.metric: c for c in compare(a, b, noise)}
     assert floored["cg0.work_rate"].verdict == "no significant change"
     assert "x noise" in "\n".join(table(list(floored.values())))
+
+
+def test_html_report_is_one_self_contained_page(tmp_path):
+    from ktstr.compare_html import render
+
+    rng = random.Random(5)
+    a, b = side(4, 100.0, 800.0, rng), side(4, 130.0, 800.0, rng, sched="scx_simple")
+    changes = compare(a, b)
+    page = render(changes, a, b, ("EEVDF", "scx_simple"))
+    assert page.count("<svg") == len(changes) and "cg0.work_rate" in page
+    assert not re.search(r'(src|href)="https?:', page)  # nothing fetched from outside
+    assert "<td class=better>better</td>" in page

@@ -22,7 +22,9 @@ def test_repeat_trials_and_compare(kernel, isolated):
     assert "cg0.work_rate" in t.stdout and "metrics compared" in t.stdout
     assert "trial 2/2 steady B: scx_simple" in t.stderr  # interleaved: A, B, A, B
     (run_dir,) = (isolated / "t").iterdir()
-    j = ktstr("compare", str(a), str(run_dir / "b"), "--json", env=env)
+    page = isolated / "cmp.html"
+    j = ktstr("compare", str(a), str(run_dir / "b"), "--json", "--html", str(page), env=env)
+    assert page.read_text().count("<svg") >= 5
     doc = json.loads(j.stdout)
     assert "cg0.work_rate" in {ch["metric"] for ch in doc["changes"]}
     assert doc["a"].startswith("EEVDF") and doc["failures"] == []

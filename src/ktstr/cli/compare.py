@@ -147,6 +147,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     }
     changes = compare(a, b, noise)
     failures = gate_failures(changes, args.fail_on)
+    if args.html:
+        from ktstr.compare_html import render
+
+        page = render(changes, a, b, (side_label(a), side_label(b)))
+        write_private(Path(args.html), page)
     if args.json:
         print(
             json.dumps(
@@ -197,6 +202,7 @@ def add_compare_parser(sub: Any) -> None:
         help="exit 1 on a significant change worse than PCT%% (metric glob)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
     p.add_argument(
         "--calibrate",
         action="store_true",
