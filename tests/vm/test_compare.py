@@ -5,6 +5,9 @@ directories."""
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from tests.vm.test_verdicts import ktstr
 
@@ -30,3 +33,18 @@ def test_repeat_trials_and_compare(kernel, isolated):
     assert doc["a"].startswith("EEVDF") and doc["failures"] == []
     bad = ktstr("compare", str(a), str(run_dir / "b"), "--fail-on", "nonsense", env=env)
     assert bad.returncode == 2 and "bad --fail-on" in bad.stderr
+
+
+@pytest.mark.catalog
+def test_a_against_a_is_not_significant_once_calibrated(kernel, isolated):
+    """scx_simple against itself, after an A/A calibration: nothing
+    significant (12 VMs; opt-in with KTSTR_CATALOG=1)."""
+    env = {"TMPDIR": str(isolated / "tmp")}
+    cal = isolated / "cal.json"
+    common = ["steady", "--a-scheduler", "scx_simple", "--trials", "3", "--duration", "2",
+              "--calibration", str(cal), "--results", str(isolated / "r")]  # fmt: skip
+    c = ktstr("compare", "--calibrate", *common, env=env)
+    assert c.returncode == 0 and cal.is_file(), c.stdout + c.stderr
+    aa = ktstr("compare", *common, "--b-scheduler", "scx_simple", env=env)
+    assert aa.returncode == 0, aa.stdout + aa.stderr
+    assert re.search(r"\d+ metrics compared, 0 significant", aa.stdout), aa.stdout
