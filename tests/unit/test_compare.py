@@ -7,6 +7,8 @@ import random
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ktstr.evaluate.compare import better, compare, gate_failures, metrics, table, wilson
 
@@ -107,3 +109,35 @@ def test_html_report_is_one_self_contained_page(tmp_path):
     assert page.count("<svg") == len(changes) and "cg0.work_rate" in page
     assert not re.search(r'(src|href)="https?:', page)  # nothing fetched from outside
     assert "<td class=better>better</td>" in page
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+        lambda k: (
+            st.lists(k, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "stats",
+                        "cgroups",
+                        "name",
+                        "work_units",
+                        "monitor",
+                        "payloads",
+                        "metrics",
+                        "durations",
+                        "workload_s",
+                        "max_gap_ms",
+                    ]
+                ),
+                k,
+                max_size=4,
+            )
+        ),
+        max_leaves=15,
+    )
+)
+def test_damaged_result_files_yield_fewer_metrics_never_an_error(value):  # fmt: skip
+    out = metrics({"schema": "ktstr.result/1", **(value if isinstance(value, dict) else {})})
+    assert all(isinstance(v, float) for v in out.values())

@@ -121,7 +121,8 @@ lines = st.lists(
         st.text(max_size=40),
         st.sampled_from(
             ["metrics:", "    - stressor: cpu", "      bogo-ops: 12", "      bogo-ops: nan",
-             "      bogo-ops-per-second-real-time: 1e999", "Time: 1.5", "Time: inf",
+             "      bogo-ops-per-second-real-time: 1e999", "      bogo-ops: abc", "Time: 1.5",
+             "Time: inf",
              "     Total time: 0.1 [sec]", "  5.0 usecs/op", "  9 ops/sec", "..."]
         ),
     ),
@@ -353,3 +354,9 @@ def need_tools(sc: Scenario) -> None:
         check_payload_tools(resolve(sc, TOPO))
     except ConfigError as exc:
         pytest.skip(f"host lacks a payload tool: {exc}")
+
+
+def test_a_non_number_in_the_yaml_is_a_parse_error_not_a_crash():
+    yaml = "metrics:\n    - stressor: cpu\n      bogo-ops: abc\n"
+    with pytest.raises(pl.ParseError, match="'abc' is not a number"):
+        pl.parse_stress_ng(yaml)

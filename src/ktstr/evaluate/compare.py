@@ -38,26 +38,46 @@ def side_label(docs: list[Doc]) -> str:
     return f"{'/'.join(scheds)} on Linux {'/'.join(kernels)}"
 
 
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _dicts(v: Any) -> list[dict[str, Any]]:
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+
 def metrics(doc: Doc) -> dict[str, float]:
-    """The numbers of one run that a comparison looks at."""
+    """The numbers of one run that a comparison looks at (a damaged file
+    yields fewer of them, never an error)."""
+    try:
+        return _metrics(doc)
+    except (TypeError, AttributeError, ValueError):
+        return {}
+
+
+def _metrics(doc: Doc) -> dict[str, float]:
     out: dict[str, float] = {}
-    secs = float((doc.get("durations") or {}).get("workload_s") or 0.0)
-    for c in (doc.get("stats") or {}).get("cgroups") or []:
+    raw: Any = _dict(doc.get("durations")).get("workload_s")
+    secs = float(raw) if _num(raw) else 0.0
+    for c in _dicts(_dict(doc.get("stats")).get("cgroups")):
         name = c.get("name", "?")
-        if secs > 0 and c.get("work_units") is not None:
+        if secs > 0 and _num(c.get("work_units")):
             out[f"{name}.work_rate"] = float(c["work_units"]) / secs
         for key in ("wake_p50_us", "wake_p99_us", "max_gap_ms", "spread_pct", "migrations"):
-            v = c.get(key)
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[f"{name}.{key}"] = float(v)
-    mon = doc.get("monitor") or {}
+            if _num(c.get(key)):
+                out[f"{name}.{key}"] = float(c[key])
+    mon = _dict(doc.get("monitor"))
     for key in ("max_imbalance", "max_runnable_wait_ms", "idle_while_waiting_ms"):
-        v = mon.get(key)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[f"monitor.{key}"] = float(v)
-    for p in doc.get("payloads") or []:
-        for k, v in (p.get("metrics") or {}).items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
+        if _num(mon.get(key)):
+            out[f"monitor.{key}"] = float(mon[key])
+    for p in _dicts(doc.get("payloads")):
+        values = _dict(p.get("metrics"))
+        for k, v in values.items():
+            if _num(v):
                 out[f"payload.{p.get('name')}.{k}"] = float(v)
     return {k: v for k, v in out.items() if math.isfinite(v)}
 

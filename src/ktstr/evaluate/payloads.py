@@ -53,7 +53,10 @@ def payload_parser(fn: Parser) -> Parser:
 
 
 def _number(text: str, what: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParseError(f"{what}: {text[:40]!r} is not a number") from None
     if not math.isfinite(value) or abs(value) > 1e15:
         raise ParseError(f"{what}: {text[:40]} is not a usable number")
     return value
