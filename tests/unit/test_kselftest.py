@@ -97,3 +97,11 @@ def test_arbitrary_guest_results_never_raise_and_never_pass_unseen_tests(results
         r = next(x for x in out if x.name == name)
         if not any(x.name == f"selftest:{name}" for x in results):
             assert r.status == "fail"
+
+
+def test_a_block_name_cannot_leave_its_directory():
+    """Names become directories: '..', '.' and '_vm' are the runner's damage."""
+    for bad in ("..", ".", "_vm", "a/b"):
+        out = judge([Result(name=f"selftest:{bad}", passed=True, data={"block": ""})], None)
+        assert all(r.name == "(runner)" for r in out)
+        assert any("unnamed test" in r.message for r in out)

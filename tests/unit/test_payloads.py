@@ -360,3 +360,14 @@ def test_a_non_number_in_the_yaml_is_a_parse_error_not_a_crash():
     yaml = "metrics:\n    - stressor: cpu\n      bogo-ops: abc\n"
     with pytest.raises(pl.ParseError, match="'abc' is not a number"):
         pl.parse_stress_ng(yaml)
+
+
+@pl.payload_parser
+def parse_huge(stdout: str, stderr: str) -> dict[str, float]:
+    return {"x": 10**400}
+
+
+def test_a_parser_returning_a_huge_int_is_a_finding():
+    cmd = Payload.command("true", name="h", parser=parse_huge)
+    r = pl.measure(expect(cmd), msg("h"))
+    assert r.check == "payload_unparsed" and "out of range" in r.problem

@@ -21,7 +21,9 @@ from ktstr.protocol.messages import TestResult
 
 _RESULT = re.compile(r"^(ok|not ok) \d+ (\S+) #\s*(SKIP)?(.*)$")
 _COUNT = re.compile(r"^(PASSED|SKIPPED|FAILED):\s+(\d+)$", re.M)
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: A selftest's name; it becomes a directory, so it starts with a letter or
+#: digit (never ``.``/``..``, never the evidence's ``_vm``) and fits 120.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")
 
 
 @dataclass(frozen=True, slots=True)

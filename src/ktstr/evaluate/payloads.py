@@ -212,7 +212,10 @@ def custom(ref: str, msg: PayloadMetrics) -> Metrics:
             raise ParseError(f"parser {ref}: metric name {str(k)[:40]!r} is not [A-Za-z0-9_.-]")
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ParseError(f"parser {ref}: metric {k} is not a number: {v!r:.40}")
-        out[k] = _number(repr(float(v)), f"metric {k}")
+        try:
+            out[k] = _number(repr(float(v)), f"metric {k}")
+        except OverflowError:  # an int too large for a float
+            raise ParseError(f"parser {ref}: metric {k} is out of range") from None
     return out
 
 

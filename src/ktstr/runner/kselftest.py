@@ -30,6 +30,9 @@ from ktstr.spec.checks import Thresholds
 #: Longest the runner may take in one VM (all 33 tests of 7.3 take about
 #: 3 minutes under TCG on 4 vCPUs).
 TIMEOUT_S = 1200.0
+#: Where the VM's evidence goes in the results directory (no selftest name,
+#: which starts with a letter or digit, can be this).
+EVIDENCE = "_vm"
 
 
 def runner_path(kernel: Kernel) -> Path:
@@ -112,7 +115,7 @@ def run_kselftest(
     t0 = time.monotonic()
     run: GuestRun | None = None
     try:
-        run = run_guest(req, evidence_dir=out / "vm", keep_if=lambda r: True)
+        run = run_guest(req, evidence_dir=out / EVIDENCE, keep_if=lambda r: True)
         results = list(run.results)
     except (GuestPanicError, GuestLostError) as exc:
         run = exc.partial if isinstance(exc.partial, GuestRun) else None
@@ -142,7 +145,7 @@ def _record(
             "total_s": round(total, 3),
         },
         verdict=_verdict(r),
-        artifacts=str(out / "vm") if r.status == "fail" else None,
+        artifacts=str(out / EVIDENCE) if r.status == "fail" else None,
         artifacts_dir=str(out / safe_name(r.name)),
     )
     d = out / safe_name(r.name)
