@@ -16,15 +16,19 @@ td.n{text-align:right;font-family:monospace}.worse{color:#b00}.better{color:#070
 .plots{display:flex;flex-wrap:wrap;gap:8px}.plots figure{margin:0}"""
 
 
-def _runs(docs: list[dict[str, Any]], case: str, metric: str) -> list[float]:
+Runs = list[tuple[str, dict[str, float]]]  # (case, metrics) of every run
+
+
+def _measured(docs: list[dict[str, Any]]) -> Runs:
     out = []
     for d in docs:
         key = case_key(d)
-        if f"{key[0]} [{key[1]}]" == case:
-            v = metrics(d).get(metric)
-            if v is not None:
-                out.append(v)
+        out.append((f"{key[0]} [{key[1]}]", metrics(d)))
     return out
+
+
+def _runs(runs: Runs, case: str, metric: str) -> list[float]:
+    return [m[metric] for c, m in runs if c == case and metric in m]
 
 
 def _plot(metric: str, a: list[float], b: list[float], labels: tuple[str, str]) -> str:
@@ -62,11 +66,11 @@ def render(
             f"<td class=n>{change}</td><td class=n>{c.p_adj:.3f}</td>"
             f"<td class={cls}>{c.verdict}</td></tr>"
         )
-    plots = [
-        f"<figure>{_plot(c.metric, _runs(a, c.case, c.metric), _runs(b, c.case, c.metric), labels)}"
-        "</figure>"
-        for c in changes
-    ]
+    ra, rb = _measured(a), _measured(b)
+    plots = []
+    for c in changes:
+        svg = _plot(c.metric, _runs(ra, c.case, c.metric), _runs(rb, c.case, c.metric), labels)
+        plots.append(f"<figure>{svg}</figure>")
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>ktstr compare</title>"
         f"<style>{STYLE}</style></head><body><h1>ktstr compare</h1>"

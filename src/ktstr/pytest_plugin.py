@@ -29,12 +29,13 @@ from ktstr.errors import KtstrError
 from ktstr.evaluate.account import Expectation
 from ktstr.evaluate.snapshots import Snapshot, snapshots_of
 from ktstr.evaluate.verdict import Status
+from ktstr.host import kconfig
 from ktstr.host.kernel import Kernel, resolve_kernel
 from ktstr.host.qemu import find_qemu
 from ktstr.host.results import new_run_dir, results_root
 from ktstr.host.signals import terminate_like_interrupt
 from ktstr.host.slots import vcpu_slots
-from ktstr.report import RunRecord, to_text
+from ktstr.report import RunRecord, pass_rate_line, to_text
 from ktstr.runner import (
     BootRequest,
     SchedulerRun,
@@ -107,22 +108,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     trials: dict[str, list[RunRecord]] = _state.get("trials", {})
     if not trials:
         return
-    from ktstr.evaluate.compare import wilson
-
     terminalreporter.section("ktstr pass rates (95% Wilson interval)")
     for name, recs in sorted(trials.items()):
-        ok = sum(r.status is not Status.FAIL for r in recs)
-        lo, hi = wilson(ok, len(recs))
-        checks: dict[str, int] = {}
-        for r in recs:
-            for f in r.verdict.failures:
-                checks[f.check] = checks.get(f.check, 0) + 1
-        what = "passed" if ok == len(recs) else "FAILED" if ok == 0 else "FLAKY"
-        by = ", ".join(f"{c} x{n}" for c, n in sorted(checks.items()))
-        terminalreporter.write_line(
-            f"{name}: {ok}/{len(recs)} {what} ({lo:.0%}-{hi:.0%})"
-            + (f"; failing checks: {by}" if by else "")
-        )
+        terminalreporter.write_line(pass_rate_line(name, recs))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -286,7 +274,7 @@ def run_case(spec: TestSpec, case: Case) -> None:
             f"{case.topology} needs {case.topology.cpus} CPUs; kernel has "
             f"CONFIG_NR_CPUS={kernel.nr_cpus}"
         )
-    lacking = [o for o in spec.constraints.kernel_config if kernel.config.get(o, "n") != "y"]
+    lacking = kconfig.lacks(kernel.config, spec.constraints.kernel_config)
     if lacking:
         pytest.skip(f"kernel {kernel.version} lacks {', '.join(lacking)}")
     test_file = Path(spec.module_file)

@@ -127,6 +127,24 @@ def payload_lines(v: Verdict) -> list[str]:
     return out
 
 
+def pass_rate_line(name: str, runs: list[RunRecord]) -> str:
+    """One repeated case: how often it passed, with a 95 % Wilson interval,
+    and the failing runs' findings counted by check."""
+    from ktstr.evaluate.compare import wilson
+
+    ok = sum(r.status is not Status.FAIL for r in runs)
+    lo, hi = wilson(ok, len(runs))
+    what = "passed" if ok == len(runs) else "FAILED" if ok == 0 else "FLAKY"
+    checks: dict[str, int] = {}
+    for r in runs:
+        for f in r.verdict.failures:
+            checks[f.check] = checks.get(f.check, 0) + 1
+    by = ", ".join(f"{c} x{n}" for c, n in sorted(checks.items()))
+    return f"{name}: {ok}/{len(runs)} {what} ({ok / len(runs):.0%}, {lo:.0%}-{hi:.0%})" + (
+        f"; failing checks: {by}" if by else ""
+    )
+
+
 def write_sidecar(rec: RunRecord, directory: Path) -> Path:
     """``directory/result.json``, written whole (temp file + rename), 0600."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -21,7 +21,7 @@ from ktstr.host.results import (
     results_root,
     write_private,
 )
-from ktstr.report import RunRecord, to_junit, to_ktap, to_text
+from ktstr.report import RunRecord, pass_rate_line, to_junit, to_ktap, to_text
 from ktstr.runner import (
     BootRequest,
     SchedulerRun,
@@ -130,25 +130,11 @@ def _cases(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecor
 
 
 def pass_rates(records: list[RunRecord]) -> list[str]:
-    """Per case: how often it passed, with a 95 % Wilson interval, and the
-    failing runs' findings grouped by check."""
-    from ktstr.evaluate.compare import wilson
-
-    lines = ["pass rates (95% Wilson interval):"]
-    for (scenario, topo, kernel), runs in _cases(records).items():
-        ok = sum(r.status is not Status.FAIL for r in runs)
-        lo, hi = wilson(ok, len(runs))
-        what = "passed" if ok == len(runs) else "FAILED" if ok == 0 else "FLAKY"
-        checks: dict[str, int] = {}
-        for r in runs:
-            for f in r.verdict.failures:
-                checks[f.check] = checks.get(f.check, 0) + 1
-        by = ", ".join(f"{c} x{n}" for c, n in sorted(checks.items()))
-        lines.append(
-            f"  {scenario} [{topo}, Linux {kernel}]: {ok}/{len(runs)} {what} "
-            f"({ok / len(runs):.0%}, {lo:.0%}-{hi:.0%})" + (f"; failing checks: {by}" if by else "")
-        )
-    return lines
+    """Per repeated case, its pass rate (report.pass_rate_line)."""
+    return ["pass rates (95% Wilson interval):"] + [
+        "  " + pass_rate_line(f"{scenario} [{topo}, Linux {kernel}]", runs)
+        for (scenario, topo, kernel), runs in _cases(records).items()
+    ]
 
 
 def _over_flake_rate(records: list[RunRecord], rate: float) -> bool:

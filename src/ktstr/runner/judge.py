@@ -30,6 +30,7 @@ from ktstr.evaluate.account import Expectation, run_data
 from ktstr.evaluate.monitor import MonitorJudge, explain
 from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, Verdict, evaluate
 from ktstr.evaluate.verifier import programs
+from ktstr.host import kconfig
 from ktstr.host.kernel import Kernel
 from ktstr.host.qemu_argv import Accel
 from ktstr.host.results import remove_if_unfinished, write_private
@@ -330,10 +331,9 @@ def kernel_lacks(plan: Plan, kernel: Kernel) -> str:
     for step in plan.steps:
         for op in step.ops:
             for pc in op.cgroups:
-                needs = KERNEL_NEEDS.get(pc.payload.kind, ()) if pc.payload else ()
-                for option, why in needs:
-                    if config.get(option, "n") != "y":
-                        return f"kernel {kernel.version} lacks {option} ({why})"
+                needs = dict(KERNEL_NEEDS.get(pc.payload.kind, ()) if pc.payload else ())
+                for option in kconfig.lacks(config, tuple(needs)):
+                    return f"kernel {kernel.version} lacks {option} ({needs[option]})"
     return ""
 
 
