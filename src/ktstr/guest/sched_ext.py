@@ -24,6 +24,7 @@ from pathlib import Path
 SCX = Path("/sys/kernel/sched_ext")
 TRACING = Path("/sys/kernel/tracing")
 _DISABLED_RE = re.compile(r'sched_ext: BPF scheduler "([^"]*)" disabled \(([^)]*)\)')
+_ENABLED_RE = re.compile(r'sched_ext: BPF scheduler "([^"]*)" enabled')
 #: scx_exit_reason() strings -> stable exit kind names (kernel/sched/ext.c).
 EXIT_KINDS = {
     "unregistered from user space": "unreg",
@@ -115,6 +116,12 @@ def _read_dump_trace() -> str:
     return "\n".join(ln.split("sched_ext_dump: ", 1)[1] for ln in lines if "sched_ext_dump: " in ln)
 
 
+def enabled_then_disabled(lines: list[str]) -> bool:
+    """The kernel log says the scheduler was enabled, then disabled."""
+    enabled = next((i for i, x in enumerate(lines) if _ENABLED_RE.search(x)), None)
+    return enabled is not None and any(_DISABLED_RE.search(x) for x in lines[enabled:])
+
+
 class Scheduler:
     """One scheduler process. Callbacks: ``on_output(text)`` for its output
     and ``on_death(kind, reason, dump, returncode)`` once, from the watcher."""
@@ -181,10 +188,12 @@ class Scheduler:
             if code is not None:
                 time.sleep(0.2)  # let its last output arrive
                 self._early = self._exit_lines(wait=1.0)
-                if any(_DISABLED_RE.search(x) for x in self._early):
+                if enabled_then_disabled(self._early):
                     # The kernel enabled it and disabled it again before we
                     # looked (e.g. it stalled this agent): a death, not a
                     # failure to attach; the watcher reports it with its reason.
+                    # (A scheduler whose init failed was never enabled: that
+                    # is a failure to attach, which a quirk may retry.)
                     self._watch_from_now()
                     return None
                 return f"{self.name} exited with status {code} before attaching"
