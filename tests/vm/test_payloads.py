@@ -40,6 +40,10 @@ TOUR = Scenario(
     name="payload_tour",
     description="every payload kind, a few at a time",
     duration_s=14.0,
+    # hackbench and perf messaging are task storms: wake-affine stacking
+    # holds run queues at [7, 9, 1, 3] for half a second under EEVDF on 6.12,
+    # which the monitor's imbalance check calls a finding (see the note).
+    thresholds=Thresholds(max_imbalance=False),
     steps=(
         Step(
             ops=(
@@ -89,7 +93,7 @@ def run(kernel, out: Path, scenario: Scenario, scheduler=None, thresholds=DEFAUL
 @pytest.mark.parametrize("scheduler", [None, "scx_simple"])
 def test_every_payload_has_metrics(kernel, isolated, scheduler):
     s = sched(kernel, scheduler) if scheduler else None
-    rec = run(kernel, isolated / "res", TOUR, s)
+    rec = run(kernel, isolated / "res", TOUR, s, merge(DEFAULTS, TOUR.thresholds))
     assert rec.status is Status.PASS, [f.message for f in rec.verdict.failures]
     got = {p.name: p for p in rec.verdict.payloads}
     assert set(got) == {"stress-ng", "cyclictest", "hackbench", "perf-messaging", "perf-pipe",
