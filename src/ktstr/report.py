@@ -127,22 +127,47 @@ def payload_lines(v: Verdict) -> list[str]:
     return out
 
 
-def pass_rate_line(name: str, runs: list[RunRecord]) -> str:
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """One run of a repeated case, as much as a pass rate needs: whether it
+    failed, and the checks that failed it (each once)."""
+
+    failed: bool
+    checks: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, rec: RunRecord) -> Trial:
+        return cls(
+            rec.status is Status.FAIL, tuple(dict.fromkeys(f.check for f in rec.verdict.failures))
+        )
+
+
+def pass_rate_line(name: str, runs: list[Trial]) -> str:
     """One repeated case: how often it passed, with a 95 % Wilson interval,
     and the failing runs' findings counted by check."""
     from ktstr.evaluate.compare import wilson
 
-    ok = sum(r.status is not Status.FAIL for r in runs)
+    ok = sum(not r.failed for r in runs)
     lo, hi = wilson(ok, len(runs))
     what = "passed" if ok == len(runs) else "FAILED" if ok == 0 else "FLAKY"
     checks: dict[str, int] = {}
     for r in runs:
-        for f in r.verdict.failures:
-            checks[f.check] = checks.get(f.check, 0) + 1
+        for c in r.checks:
+            checks[c] = checks.get(c, 0) + 1
     by = ", ".join(f"{c} x{n}" for c, n in sorted(checks.items()))
     return f"{name}: {ok}/{len(runs)} {what} ({ok / len(runs):.0%}, {lo:.0%}-{hi:.0%})" + (
         f"; failing checks: {by}" if by else ""
     )
+
+
+def over_flake_rate(cases: dict[str, list[Trial]], rate: float) -> list[str]:
+    """Repeated cases that failed more often than the accepted flake rate
+    ``rate`` (0..1), as "NAME: F/N failed"; empty when all are within it."""
+    return [
+        f"{name}: {sum(t.failed for t in runs)}/{len(runs)} failed"
+        for name, runs in cases.items()
+        if runs and sum(t.failed for t in runs) / len(runs) > rate
+    ]
 
 
 def write_sidecar(rec: RunRecord, directory: Path) -> Path:

@@ -57,8 +57,8 @@ def test_a_ten_percent_shift_is_detected_at_n10():
 
 
 def test_a_against_a_false_alarms_stay_near_the_nominal_rate():
-    """Without noise calibration (not built yet) an A/A comparison may flag
-    a metric at about the nominal 5 %: here at most 3 of 20 comparisons."""
+    """Without a noise calibration (p-values alone) an A/A comparison may
+    flag a metric at about the nominal 5 %: here at most 3 of 20 comparisons."""
     alarmed = 0
     for seed in range(20):
         rng = random.Random(seed)

@@ -18,12 +18,13 @@ def test_repeat_trials_and_compare(kernel, isolated):
     ra = ktstr("run", "steady", "--duration", "1", "--repeat", "2", "--results", str(a), env=env)
     assert ra.returncode == 0, ra.stdout + ra.stderr
     assert "steady [1n2l2c1t, Linux" in ra.stdout and "2/2 passed (100%" in ra.stdout
-    t = ktstr("compare", "steady", "--b-scheduler", "scx_simple", "--trials", "2",
-              "--duration", "1", "--results", str(isolated / "t"), env=env)  # fmt: skip
+    t = ktstr("compare", "steady", "--b-scheduler", "scx_simple", "--trials", "2", "--duration",
+              "1", "--results", str(isolated / "t"), "--no-calibrate", env=env)  # fmt: skip
     assert t.returncode == 0, t.stdout + t.stderr
     assert "A: EEVDF on Linux" in t.stdout and "B: scx_simple on Linux" in t.stdout
     assert "cg0.work_rate" in t.stdout and "metrics compared" in t.stdout
     assert "trial 2/2 steady B: scx_simple" in t.stderr  # interleaved: A, B, A, B
+    assert "calibrating" not in t.stderr and "uncalibrated (p-values alone" in t.stdout
     (run_dir,) = (isolated / "t").iterdir()
     page = isolated / "cmp.html"
     j = ktstr("compare", str(a), str(run_dir / "b"), "--json", "--html", str(page), env=env)
@@ -35,16 +36,31 @@ def test_repeat_trials_and_compare(kernel, isolated):
     assert bad.returncode == 2 and "bad --fail-on" in bad.stderr
 
 
-@pytest.mark.catalog
-def test_a_against_a_is_not_significant_once_calibrated(kernel, isolated):
-    """scx_simple against itself, after an A/A calibration: nothing
-    significant (12 VMs; opt-in with KTSTR_CATALOG=1)."""
+def test_first_use_calibrates_then_a_against_a_is_quiet(kernel, isolated):
+    """No noise stored for the scenario on this machine: compare measures A
+    against A first, stores it, and scx_simple against itself then shows
+    nothing significant (8 VMs)."""
     env = {"TMPDIR": str(isolated / "tmp")}
     cal = isolated / "cal.json"
-    common = ["steady", "--a-scheduler", "scx_simple", "--trials", "3", "--duration", "2",
-              "--calibration", str(cal), "--results", str(isolated / "r")]  # fmt: skip
-    c = ktstr("compare", "--calibrate", *common, env=env)
-    assert c.returncode == 0 and cal.is_file(), c.stdout + c.stderr
-    aa = ktstr("compare", *common, "--b-scheduler", "scx_simple", env=env)
+    aa = ktstr("compare", "steady", "--a-scheduler", "scx_simple", "--b-scheduler", "scx_simple",
+               "--trials", "2", "--duration", "1", "--calibration", str(cal),
+               "--results", str(isolated / "r"), env=env)  # fmt: skip
     assert aa.returncode == 0, aa.stdout + aa.stderr
+    assert "no A/A noise stored for steady on this machine: calibrating first" in aa.stderr
+    assert "A/A noise (run-to-run CV)" in aa.stdout and "uncalibrated" not in aa.stdout
+    assert "steady [1n2l2c1t]" in json.loads(cal.read_text())
     assert re.search(r"\d+ metrics compared, 0 significant", aa.stdout), aa.stdout
+
+
+@pytest.mark.catalog
+def test_a_against_a_is_never_significant(kernel, isolated):
+    """scx_simple against itself, three times after a first-use calibration
+    (24 VMs; opt-in with KTSTR_CATALOG=1): nothing significant."""
+    env = {"TMPDIR": str(isolated / "tmp")}
+    common = ["steady", "--a-scheduler", "scx_simple", "--b-scheduler", "scx_simple",
+              "--trials", "3", "--duration", "2", "--calibration", str(isolated / "cal.json"),
+              "--results", str(isolated / "r")]  # fmt: skip
+    for _ in range(3):
+        aa = ktstr("compare", *common, env=env)
+        assert aa.returncode == 0, aa.stdout + aa.stderr
+        assert re.search(r"\d+ metrics compared, 0 significant", aa.stdout), aa.stdout

@@ -379,3 +379,31 @@ def test_r(ctx):
     )
     ids = [ln for ln in listed.stdout.lines if "gauntlet/" in ln]
     assert ids and all(i.rstrip("]").endswith(("#1", "#2")) for i in ids)
+
+
+def test_accepted_flake_rate_decides_the_exit_code(pytester, kernel, isolated):
+    """Failures of repeated cases within --ktstr-accept-flake-rate pass the
+    session; above it they fail it. Under xdist, too: the controller sees
+    every worker's trials."""
+    pytester.makepyfile(
+        test_f="""
+from ktstr import CgroupDef, ktstr_test
+
+@ktstr_test(cores=2, duration=1, max_gap_ms=0.01)
+def test_f(ctx):
+    ctx.execute_defs([CgroupDef("a", workers=2)])
+"""
+    )
+    common = ["-p", "no:cacheprovider", f"--ktstr-results={isolated / 'res'}",
+              "--ktstr-repeat", "2"]  # fmt: skip
+    over = pytester.runpytest_subprocess(*common, "--ktstr-accept-flake-rate", "0.5")
+    over.assert_outcomes(failed=2)
+    assert over.ret == 1
+    over.stdout.fnmatch_lines(["test_f?1n1l2c1t?: 0/2 FAILED (*; failing checks: gap x2",
+                               "over the accepted flake rate 50%: test_f?1n1l2c1t?: 2/2 failed"])  # fmt: skip
+    within = pytester.runpytest_subprocess(*common, "-n", "2", "--ktstr-accept-flake-rate", "1")
+    within.assert_outcomes(failed=2)
+    assert within.ret == 0, within.stdout.str()
+    within.stdout.fnmatch_lines(["*every failure is within the accepted flake rate 100%*"])
+    bad = pytester.runpytest_subprocess(*common, "--ktstr-accept-flake-rate", "2")
+    assert bad.ret != 0 and "must be a rate in 0..1" in bad.stderr.str()

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ktstr.cli.args import Parser, count, finite
+from ktstr.cli.args import Parser, count, finite, fraction
 from ktstr.cli.compare import add_compare_parser
 from ktstr.cli.kernel import add_kernel_parser
 from ktstr.cli.kselftest import add_kselftest_parser
@@ -56,6 +56,8 @@ def cmd_gauntlet(args: argparse.Namespace) -> int:
         argv += ["--ktstr-kernel", k]
     if args.repeat > 1:
         argv += ["--ktstr-repeat", str(args.repeat)]
+    if args.accept_flake_rate:
+        argv += ["--ktstr-accept-flake-rate", repr(args.accept_flake_rate)]
     code = int(pytest.main(argv))
     return 0 if code == 0 else 1 if code == 1 else 2
 
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--repeat", type=count(1, 1000), default=1, metavar="N",
                    help="run every case N times: pass rates, not retries")  # fmt: skip
+    p.add_argument(
+        "--accept-flake-rate", type=fraction, default=0.0, metavar="R",
+        help="with --repeat: exit 0 if no case failed more than R (0..1) of its runs",
+    )  # fmt: skip
     p.set_defaults(func=cmd_gauntlet)
 
     p = sub.add_parser("list", help="list the canned scenarios")

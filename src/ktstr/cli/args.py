@@ -36,6 +36,14 @@ def finite(lo: float = 0.0, *, strict: bool = True) -> Any:
     return parse
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number in 0..1 (a rate)."""
+    value = float(finite(0.0, strict=False)(text))
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a rate in 0..1 (0.05 = 5 %)")
+    return value
+
+
 def count(lo: int = 0, hi: int = 1 << 20) -> Any:
     """argparse type: an integer in lo..hi."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import shlex
 import sys
@@ -77,6 +78,10 @@ def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
     return dirs["a"], dirs["b"]
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def calibration_file(args: argparse.Namespace) -> Path:
     if args.calibration:
         return Path(args.calibration)
@@ -85,17 +90,30 @@ def calibration_file(args: argparse.Namespace) -> Path:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """A against A, interleaved: store each metric's noise for later comparisons."""
-    from ktstr.evaluate.compare import calibrate
-
     if args.trials < 2:
         raise ConfigError("--calibrate needs --trials N (N >= 2; 5 or more is better)")
-    args.b_scheduler, args.b_args, args.b_kernel = args.a_scheduler, args.a_args, args.a_kernel
+    calibrate_side_a(args, args.items)
+    return 0
+
+
+def calibrate_side_a(args: argparse.Namespace, scenarios: list[str]) -> None:
+    """Run side A against itself on ``scenarios`` and merge each metric's
+    noise into the calibration file, printing the figures."""
+    from ktstr.evaluate.compare import calibrate
+
+    a_only = argparse.Namespace(**vars(args))
+    a_only.items = scenarios
+    a_only.b_scheduler, a_only.b_args, a_only.b_kernel = (
+        args.a_scheduler,
+        args.a_args,
+        args.a_kernel,
+    )
     root = Path(args.results) if args.results else results_root()
     check_writable_dir(root, "--results" if args.results else "results directory")
-    pa, pb = run_trials(args, new_run_dir(root, "calibrate"))
+    pa, pb = run_trials(a_only, new_run_dir(root, "calibrate"))
     cal = calibrate(load(pa), load(pb))
     path = calibration_file(args)
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = _read_calibration(path)
     old.update(cal)
     write_private(path, json.dumps(old, indent=2, sort_keys=True) + "\n")
     for case, per in cal.items():
@@ -105,8 +123,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f = "{:.1%}" if v["relative"] else "{:.3g}"
             cells = [f.format(v[k] or 0.0) for k in ("noise", "aa_change", "mde_n5", "mde_n10")]
             print(f"  {m[:30]:30} {cells[0]:>9} {cells[1]:>11} {cells[2]:>9} {cells[3]:>9}")
-    print(f"\ncalibration: {path}")
-    return 0
+    print(f"\ncalibration: {path}\n")
+
+
+def _read_calibration(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"unreadable calibration {path}: {exc}",
+                          hint="delete it and run ktstr compare --calibrate") from None  # fmt: skip
+    return doc if isinstance(doc, dict) else {}
+
+
+def uncalibrated(args: argparse.Namespace) -> list[str]:
+    """The scenarios of a --trials comparison with no stored A/A noise on
+    this machine (for side A's topology)."""
+    from ktstr.spec.topology import Topology
+
+    topology = Topology.parse(args.topology)
+    cal = _read_calibration(calibration_file(args))
+    return [n for n in args.items if f"{n} [{topology}]" not in cal]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -117,6 +153,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.trials:
         if args.trials < 2:
             raise ConfigError("--trials must be >= 2: one run a side says nothing about noise")
+        first = [] if args.no_calibrate else uncalibrated(args)
+        if first:  # first use on this machine: measure A against A once
+            print(f"== no A/A noise stored for {', '.join(first)} on this machine: calibrating "
+                  f"first ({args.trials} trials a side; --no-calibrate skips)", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            calibrate_side_a(args, first)
         root = Path(args.results) if args.results else results_root()
         check_writable_dir(root, "--results" if args.results else "results directory")
         pa, pb = run_trials(args, new_run_dir(root, "compare"))
@@ -140,12 +182,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"bad --fail-on {g!r}: expected METRIC_GLOB:+PERCENT% (*.max_gap_ms:+10%)"
             )
-    cal = calibration_file(args)
     noise = {
-        case: {m: v["noise"] for m, v in per.items() if v.get("noise") is not None}
-        for case, per in (json.loads(cal.read_text()) if cal.is_file() else {}).items()
+        case: {m: v["noise"] for m, v in per.items() if _finite(v.get("noise"))}
+        for case, per in _read_calibration(calibration_file(args)).items()
+        if isinstance(per, dict)
     }
     changes = compare(a, b, noise)
+    bare = sorted({c.case for c in changes if c.case not in noise})
     failures = gate_failures(changes, args.fail_on)
     if args.html:
         from ktstr.compare_html import render
@@ -159,6 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     "a": side_label(a),
                     "b": side_label(b),
                     "failures": failures,
+                    "uncalibrated": bare,
                     "changes": [dataclasses.asdict(c) for c in changes],
                 },
                 indent=2,
@@ -166,6 +210,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     else:
         print(f"A: {side_label(a)} ({len(a)} runs)\nB: {side_label(b)} ({len(b)} runs)")
+        if bare:
+            print(f"uncalibrated (p-values alone, no A/A noise floor): {', '.join(bare)}; "
+                  "ktstr compare --calibrate SCENARIO --trials N measures it")  # fmt: skip
         print("\n".join(table(changes)) if changes else "no case with >= 2 runs on both sides")
         sig = [c for c in changes if c.verdict != "no significant change"]
         print(
@@ -207,6 +254,11 @@ def add_compare_parser(sub: Any) -> None:
         "--calibrate",
         action="store_true",
         help="run side A against itself (--trials N) and store each metric's noise",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="with --trials: do not calibrate scenarios with no stored noise first",
     )
     p.add_argument("--calibration", metavar="FILE",
                    help="noise file (default: RESULTS_ROOT/calibration.json); changes inside "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ktstr.cli.args import add_output_args, add_vm_args, boot_request, count, finite
+from ktstr.cli.args import add_output_args, add_vm_args, boot_request, count, finite, fraction
 from ktstr.errors import ConfigError
 from ktstr.evaluate.verdict import Status
 from ktstr.host import kernel as kern
@@ -21,7 +21,15 @@ from ktstr.host.results import (
     results_root,
     write_private,
 )
-from ktstr.report import RunRecord, pass_rate_line, to_junit, to_ktap, to_text
+from ktstr.report import (
+    RunRecord,
+    Trial,
+    over_flake_rate,
+    pass_rate_line,
+    to_junit,
+    to_ktap,
+    to_text,
+)
 from ktstr.runner import (
     BootRequest,
     SchedulerRun,
@@ -86,8 +94,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"unknown scenario(s): {', '.join(unknown)}", hint="'ktstr list' shows the catalog"
         )
-    if not 0 <= args.accept_flake_rate <= 1:
-        raise ConfigError(f"--accept-flake-rate must be in 0..1, got {args.accept_flake_rate:g}")
     for n in names:
         _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
     root = _check_outputs(args)
@@ -118,30 +124,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{_rerun_command(args, failed[0].scenario, failed[0].kernel, len(kernels) > 1)}"
         )
     if failed and args.repeat > 1 and args.accept_flake_rate > 0:
-        return 1 if _over_flake_rate(records, args.accept_flake_rate) else 0
+        over = over_flake_rate(_trials(records), args.accept_flake_rate)
+        print(
+            f"over the accepted flake rate {args.accept_flake_rate:.0%}: {'; '.join(over)}"
+            if over
+            else f"every failure is within the accepted flake rate {args.accept_flake_rate:.0%}"
+        )
+        return 1 if over else 0
     return 1 if failed else 0
 
 
-def _cases(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
-    out: dict[tuple[str, str, str], list[RunRecord]] = {}
+def _trials(records: list[RunRecord]) -> dict[str, list[Trial]]:
+    """Runs grouped by case (scenario, topology, kernel)."""
+    out: dict[str, list[Trial]] = {}
     for r in records:
-        out.setdefault((r.scenario, r.topology, r.kernel.get("version", "")), []).append(r)
+        name = f"{r.scenario} [{r.topology}, Linux {r.kernel.get('version', '')}]"
+        out.setdefault(name, []).append(Trial.of(r))
     return out
 
 
 def pass_rates(records: list[RunRecord]) -> list[str]:
     """Per repeated case, its pass rate (report.pass_rate_line)."""
     return ["pass rates (95% Wilson interval):"] + [
-        "  " + pass_rate_line(f"{scenario} [{topo}, Linux {kernel}]", runs)
-        for (scenario, topo, kernel), runs in _cases(records).items()
+        "  " + pass_rate_line(name, runs) for name, runs in _trials(records).items()
     ]
-
-
-def _over_flake_rate(records: list[RunRecord], rate: float) -> bool:
-    return any(
-        sum(r.status is Status.FAIL for r in runs) / len(runs) > rate
-        for runs in _cases(records).values()
-    )
 
 
 def _run_on(
@@ -262,7 +268,7 @@ def add_run_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--accept-flake-rate",
-        type=finite(),
+        type=fraction,
         default=0.0,
         metavar="R",
         help="with --repeat: exit 0 if no case failed more often than R (0..1)",
