@@ -141,3 +141,26 @@ def test_html_report_is_one_self_contained_page(tmp_path):
 def test_damaged_result_files_yield_fewer_metrics_never_an_error(value):  # fmt: skip
     out = metrics({"schema": "ktstr.result/1", **(value if isinstance(value, dict) else {})})
     assert all(isinstance(v, float) for v in out.values())
+
+
+def test_flake_rate_judges_each_case_by_its_own_runs():
+    from ktstr.report import Trial, over_flake_rate, pass_rate_line
+
+    ok, bad = Trial(False), Trial(True, ("gap", "spread"))
+    cases = {"a": [ok] * 19 + [bad], "b": [ok, ok, bad, bad]}
+    assert over_flake_rate(cases, 0.05) == ["b: 2/4 failed"]
+    assert over_flake_rate(cases, 0.5) == []
+    assert over_flake_rate(cases, 0.0) == ["a: 1/20 failed", "b: 2/4 failed"]
+    line = pass_rate_line("b", cases["b"])
+    assert line.startswith("b: 2/4 FLAKY (50%") and "gap x2, spread x2" in line
+
+
+def test_rates_outside_zero_to_one_are_refused():
+    import argparse
+
+    from ktstr.cli.args import fraction
+
+    assert fraction("0.1") == 0.1 and fraction("1") == 1.0
+    for bad in ("1.5", "-0.1", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fraction(bad)
