@@ -85,6 +85,7 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
             "migrations": v.stats.migrations,
             "worst_spread_pct": round(v.stats.worst_spread, 3),
             "worst_gap_ms": round(v.stats.worst_gap.max_gap_ms, 3) if v.stats.worst_gap else 0.0,
+            "share": dataclasses.asdict(v.stats.share) if v.stats.share else None,
             "cgroups": [
                 {
                     k: (list(x) if isinstance(x, tuple) else x)

@@ -10,6 +10,7 @@ def test_defaults_are_ktstrs():
         "isolation": True,
         "max_gap_ms": 2000.0,
         "max_spread_pct": 15.0,
+        "min_share_ratio": 0.6,  # p10 of actual over ideal CPU share
         # the monitor's
         "max_imbalance": 4.0,
         "max_local_dsq": 50.0,

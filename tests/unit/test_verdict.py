@@ -139,3 +139,54 @@ def test_scale_widens_timing_checks():
     data = RunData(groups=(group("cg0", [rep(gap=3000.0)]),))
     assert evaluate(data, DEFAULTS).status is Status.FAIL
     assert evaluate(data, DEFAULTS, Scale(4.0, "TCG x4")).status is Status.PASS
+
+
+def spinners(*on_ms, cpus=(0,), static=True, cgroup="cg0"):
+    from ktstr.evaluate.stats import Group, Sample
+
+    return Group(cgroup, tuple(
+        Sample(worker_report(i, on_ms=ms, cpus=cpus, cgroup=cgroup), cpus, 2.0,
+               groups=((cgroup, 100),), cpu_bound=True, static=static)
+        for i, ms in enumerate(on_ms)
+    ))  # fmt: skip
+
+
+def test_share_oracle_passes_a_fair_split_and_fails_a_starved_worker():
+    fair = evaluate(RunData(groups=(spinners(1000, 980),)), DEFAULTS)
+    assert fair.status is Status.PASS and fair.stats.share.p10_ratio > 0.9
+    assert fair.stats.share.ideal == pytest.approx(0.5)
+    starved = evaluate(RunData(groups=(spinners(200, 1780),)), DEFAULTS)
+    assert {f.check for f in starved.failures} == {"share", "fairness"}  # spread, too
+    (f,) = [f for f in starved.failures if f.check == "share"]
+    assert f.evidence["worker"] == "cg0[0]"
+    assert f.evidence["ideal"] == pytest.approx(0.5) and f.evidence["actual"] == pytest.approx(0.1)
+    assert "worst cg0[0]: 0.10 CPU of 0.50" in f.message
+
+
+def test_share_oracle_stays_out_of_runs_it_cannot_model():
+    from ktstr.evaluate.payloads import PayloadResult
+
+    dynamic = evaluate(RunData(groups=(spinners(200, 1780, static=False),)), DEFAULTS)
+    assert dynamic.stats.share is None
+    assert [f.check for f in dynamic.failures] == ["fairness"]  # the spread check still judges
+    payload = PayloadResult(name="hackbench", kind="hackbench", cgroup="cg0", index=0,
+                            command=("hackbench",), exit_code=0, ended="exited",
+                            duration_s=2.0, planned_s=2.0)  # fmt: skip
+    busy = evaluate(RunData(groups=(spinners(200, 1780),), payloads=(payload,)), DEFAULTS)
+    assert busy.stats.share is None
+    off = evaluate(RunData(groups=(spinners(200, 1780),)), merge(DEFAULTS,
+                   Thresholds(min_share_ratio=False)))  # fmt: skip
+    assert off.stats.share is not None and "share" not in {f.check for f in off.failures}
+
+
+def test_cgroup_weights_judge_by_the_group_model_alone():
+    a = spinners(900, 900, cgroup="a")  # two tasks in a: 0.45 each
+    b = spinners(200, cgroup="b")  # one in b, starved under cgroup fairness (ideal 0.5)
+    loose = evaluate(RunData(groups=(a, b)), DEFAULTS)
+    assert loose.stats.share.worst == "b[0]" and loose.status is Status.FAIL  # 0.1 of 0.33
+    fair_tasks = spinners(650, 650, cgroup="a"), spinners(650, cgroup="b")
+    per_task = evaluate(RunData(groups=fair_tasks), DEFAULTS)
+    assert per_task.status is Status.PASS  # per-task fair is fair
+    strict = merge(DEFAULTS, Thresholds(cgroup_weights=True))
+    by_group = evaluate(RunData(groups=fair_tasks), strict)
+    assert by_group.stats.share.worst == "b[0]" and by_group.stats.share.ideal == pytest.approx(0.5)

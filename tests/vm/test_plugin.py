@@ -399,8 +399,10 @@ def test_f(ctx):
     over = pytester.runpytest_subprocess(*common, "--ktstr-accept-flake-rate", "0.5")
     over.assert_outcomes(failed=2)
     assert over.ret == 1
-    over.stdout.fnmatch_lines(["test_f?1n1l2c1t?: 0/2 FAILED (*; failing checks: gap x2",
-                               "over the accepted flake rate 50%: test_f?1n1l2c1t?: 2/2 failed"])  # fmt: skip
+    over.stdout.fnmatch_lines(
+        ["test_f?1n1l2c1t?: 0/2 FAILED (*; failing checks: gap x2",
+         "over the accepted flake rate 50%: test_f?1n1l2c1t?: 2/2 failed"]
+    )  # fmt: skip
     within = pytester.runpytest_subprocess(*common, "-n", "2", "--ktstr-accept-flake-rate", "1")
     within.assert_outcomes(failed=2)
     assert within.ret == 0, within.stdout.str()

@@ -261,7 +261,9 @@ def _match(
                     f"{w.planned_s:.2f}s",
                 )
             )
-        groups.setdefault(w.cgroup, []).append(Sample(r, w.allowed, w.planned_s, w.affinity))
+        groups.setdefault(w.cgroup, []).append(
+            Sample(r, w.allowed, w.planned_s, w.affinity, w.weight, w.groups, w.cpu_bound, w.static)
+        )
     return [Group(label + name, tuple(s)) for name, s in groups.items()], problems
 
 

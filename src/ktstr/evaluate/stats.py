@@ -23,6 +23,11 @@ class Sample:
     planned_s: float
     #: The CPUs the worker pins itself to, if the plan gives it an affinity.
     affinity: tuple[int, ...] | None = None
+    #: What the fairness oracle needs (spec/ledger.ExpectedWorker).
+    weight: float = 1024.0
+    groups: tuple[tuple[str, int], ...] = ()
+    cpu_bound: bool = False
+    static: bool = False
 
     @property
     def terms(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -32,6 +37,20 @@ class Sample:
     @property
     def ok(self) -> bool:
         return self.report.error is None
+
+    @property
+    def cpus(self) -> frozenset[int]:
+        """Where it may run: its cpuset, narrowed by its affinity."""
+        if self.affinity is None:
+            return frozenset(self.allowed)
+        return frozenset(self.allowed) & frozenset(self.affinity) or frozenset(self.allowed)
+
+    @property
+    def share(self) -> float:
+        """CPUs it used on average over its planned run (0..1)."""
+        r = self.report
+        on = r.on_cpu_ms / 1000 or r.cpu_s
+        return max(0.0, min(1.0, on / self.seconds))
 
     @property
     def seconds(self) -> float:
@@ -58,9 +77,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def off_cpu_pct(s: Sample) -> float:
     """Share of the worker's planned time it was not on a CPU."""
-    r = s.report
-    on = r.on_cpu_ms / 1000 or r.cpu_s
-    return max(0.0, min(100.0, 100.0 * (1.0 - on / s.seconds)))
+    return 100.0 * (1.0 - s.share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +100,21 @@ class CgroupStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareStats:
+    """The fairness oracle's view: the worst worker's actual and ideal CPU
+    share, and the 10th percentile of actual over ideal across workers."""
+
+    worst: str
+    actual: float
+    ideal: float
+    p10_ratio: float
+    judged: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunStats:
     cgroups: tuple[CgroupStats, ...] = field(default_factory=tuple)
+    share: ShareStats | None = None
 
     @property
     def workers(self) -> int:
@@ -153,6 +183,12 @@ def format_stats(stats: RunStats) -> list[str]:
         f"worst_spread={stats.worst_spread:.1f}%, "
         f"worst_gap={worst.max_gap_ms if worst else 0:.0f}ms"
     ]
+    if stats.share is not None:
+        sh = stats.share
+        lines.append(
+            f"  ideal share: p10 actual/ideal {sh.p10_ratio:.2f} over {sh.judged} CPU-bound "
+            f"workers; worst {sh.worst}: {sh.actual:.2f} CPU of its ideal {sh.ideal:.2f}"
+        )
     for c in stats.cgroups:
         line = (
             f"  {c.name}: workers={c.workers} cpus={len(c.cpus)} spread={c.spread_pct:.1f}% "

@@ -11,11 +11,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import statistics
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ktstr.evaluate.fairness import Competitor, judge, p10
 from ktstr.evaluate.payloads import PayloadResult, payload_findings
-from ktstr.evaluate.stats import CgroupStats, Group, RunStats, Sample, percentile, run_stats
+from ktstr.evaluate.stats import (
+    CgroupStats,
+    Group,
+    RunStats,
+    Sample,
+    ShareStats,
+    percentile,
+    run_stats,
+)
 from ktstr.spec.checks import Scale, Thresholds, scaled
 from ktstr.spec.topology import format_cpus
 
@@ -240,6 +250,45 @@ def _cgroup_checks(t: Thresholds, c: CgroupStats, samples: tuple[Sample, ...]) -
     return out
 
 
+def _share(t: Thresholds, groups: tuple[Group, ...], payloads: bool) -> ShareStats | None:
+    """The fairness oracle over the whole run (evaluate/fairness.py): only
+    where the competition was static and every CPU consumer is a worker."""
+    samples = [(g.name, s) for g in groups for s in g.samples if s.ok]
+    if payloads or not samples or not all(s.static for _, s in samples):
+        return None
+    if any(s.report.on_cpu_ms <= 0 and s.report.cpu_s <= 0 for _, s in samples):
+        return None  # a report without CPU accounting measures no share
+    keys = {f"{n}[{s.report.index}]": s for n, s in samples}
+    workers = [
+        Competitor(k, s.cpus, s.weight, s.groups, 1.0 if s.cpu_bound else s.share)
+        for k, s in keys.items()
+    ]
+    actual: dict[Hashable, float] = {k: s.share for k, s in keys.items()}
+    judged = [k for k, s in keys.items() if s.cpu_bound]
+    j = judge(workers, actual, judged, group_only=bool(t.cgroup_weights))
+    if j is None:
+        return None
+    return ShareStats(str(j.worst), j.actual, j.ideal, p10(j.ratios.values()), len(j.ratios))
+
+
+def _share_check(t: Thresholds, share: ShareStats | None) -> list[Finding]:
+    limit = t.min_share_ratio
+    if share is None or limit in (None, False) or share.p10_ratio >= float(limit):
+        return []
+    return [
+        _fail(
+            "share",
+            f"CPU-bound workers got {share.p10_ratio:.2f} of their ideal share (p10; "
+            f"limit {float(limit):g}); worst {share.worst}: {share.actual:.2f} CPU of "
+            f"{share.ideal:.2f}",
+            worker=share.worst,
+            actual=share.actual,
+            ideal=share.ideal,
+            p10_ratio=share.p10_ratio,
+        )
+    ]
+
+
 NO_SCALE = Scale()
 
 
@@ -249,6 +298,7 @@ def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> 
     the plan owed and did not get, then the checks on every worker."""
     t = scaled(thresholds, scale)
     stats = run_stats(data.groups)
+    stats = dataclasses.replace(stats, share=_share(t, data.groups, bool(data.payloads)))
     findings = outcome_findings(data.outcome)
     o = data.outcome
     if o.skip_reason and not findings and not data.integrity:
@@ -269,6 +319,7 @@ def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> 
                 if s.ok:
                     findings += _worker_checks(t, s, f"{group.name}[{s.report.index}]")
             findings += _cgroup_checks(t, c, group.samples)
+        findings += _share_check(t, stats.share)
         findings += [
             Finding(check, "fail", msg, ev)
             for check, msg, ev in payload_findings(data.payloads, t.payload, scale.reason)

@@ -71,6 +71,10 @@ class CgroupTree:
             return leaf
         return self.path(name)
 
+    def set_weight(self, name: str, weight: int) -> None:
+        """``cpu.weight`` of ``name`` (the cpu controller must be enabled)."""
+        _write(self.path(name) / "cpu.weight", str(weight))
+
     def set_cpus(self, name: str, cpus: tuple[int, ...] | None) -> None:
         text = "" if cpus is None else ",".join(map(str, cpus))
         cpuset = self.path(name) / "cpuset.cpus"

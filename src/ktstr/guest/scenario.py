@@ -210,6 +210,8 @@ class Executor:
             for pc in op.cgroups:
                 kids = any(p.startswith(pc.path + "/") for p in paths)
                 self.tree.create(pc.path, pc.cpus, has_children=kids)
+                if pc.weight != 100:
+                    self.tree.set_weight(pc.path, pc.weight)
             pids = self._spawn(effect)
             pids.update(self._start_payloads(effect))
             self.stimulus(k.value, cgroups=paths, pids=pids)

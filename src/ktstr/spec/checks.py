@@ -115,6 +115,10 @@ class Thresholds:
     max_gap_ms: Value = None  # longest gap between a worker's iterations
     max_spread_pct: Value = None  # off-CPU % spread (max - min) within a cgroup
     max_throughput_cv: Value = None  # CV of work rate across a cgroup's workers
+    #: p10 over CPU-bound workers of actual / ideal CPU share (evaluate/fairness.py)
+    min_share_ratio: Value = None
+    #: judge shares by cgroup cpu.weight alone (not also per task)
+    cgroup_weights: bool | None = None
     min_work_rate: Value = None  # work units per second, every worker
     max_wake_p99_us: Value = None  # p99 wake-to-run latency of a cgroup
     max_wake_cv: Value = None  # CV of wake latencies of a cgroup
@@ -204,7 +208,7 @@ class Thresholds:
         return cls(**kw, payload=tuple(gates))
 
 
-BOOL_CHECKS = frozenset({"not_starved", "isolation"})
+BOOL_CHECKS = frozenset({"not_starved", "isolation", "cgroup_weights"})
 #: Checks where ``on`` (True) means "the default for this run".
 AUTO_CHECKS = frozenset({"max_runnable_wait_ms"})
 TIMING_MAX = (
@@ -224,6 +228,7 @@ DEFAULTS = Thresholds(
     isolation=True,
     max_gap_ms=2000.0,
     max_spread_pct=15.0,
+    min_share_ratio=0.6,
     max_imbalance=4.0,
     max_local_dsq=50.0,
     max_rq_clock_lag_ms=1000.0,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ktstr.spec.payload import Payload
 from ktstr.spec.scenario import OpKind, Plan, PlanCgroup, PlanOp
+from ktstr.spec.work import IDLE_WEIGHT, PolicyKind, WorkKind, nice_weight
 
 WorkerId = tuple[str, int]
 #: A payload run: (cgroup it started in, how many ran there before it).
@@ -71,6 +72,9 @@ class Ledger:
     next_index: dict[str, int] = field(default_factory=dict)
     workers: dict[WorkerId, WorkerLife] = field(default_factory=dict)
     payloads: dict[PayloadId, PayloadLife] = field(default_factory=dict)
+    #: Whether the competition changed after the start: any op but adding
+    #: cgroups at time 0 (and snapshots or BPF writes, which change nothing).
+    dynamic: bool = False
 
     def effective(self, path: str) -> tuple[int, ...]:
         """cgroup v2: a cpuset narrows its parent's; an empty result falls
@@ -138,6 +142,8 @@ class Ledger:
     def apply(self, op: PlanOp, t: float) -> Effect:
         """Apply one op at planned time ``t`` (seconds into the scenario)."""
         k = op.kind
+        if t > 0 or k not in (OpKind.ADD_CGROUP, OpKind.SNAPSHOT, OpKind.BPF_WRITE):
+            self.dynamic = True
         if k is OpKind.ADD_CGROUP:
             spawns, started = [], []
             for pc in op.cgroups:  # parent first
@@ -191,6 +197,37 @@ class ExpectedWorker:
     planned_s: float
     #: The CPUs it pins itself to (the plan's affinity for its index), if any.
     affinity: tuple[int, ...] | None = None
+    #: What the fairness oracle needs (evaluate/fairness.py): its nice
+    #: weight, the cgroups above it with their cpu.weight (outermost first),
+    #: whether it wants a whole CPU, and whether the run's competition was
+    #: the same from start to end.
+    weight: float = 1024.0
+    groups: tuple[tuple[str, int], ...] = ()
+    cpu_bound: bool = False
+    static: bool = False
+
+
+#: Work that is runnable all the time: it wants a whole CPU.
+CPU_BOUND = frozenset({WorkKind.CPU_SPIN, WorkKind.CACHE_PRESSURE})
+FAIR_POLICIES = frozenset({PolicyKind.NORMAL, PolicyKind.BATCH, PolicyKind.IDLE})
+
+
+def _groups(ledger: Ledger, path: str) -> tuple[tuple[str, int], ...]:
+    """The cgroup entities above a worker of ``path``, with their weights; a
+    cgroup with children keeps its own workers in a leaf of weight 100."""
+    parts = path.split("/")
+    out = []
+    for i in range(1, len(parts) + 1):
+        p = "/".join(parts[:i])
+        pc = ledger.live.get(p)
+        out.append((p, pc.weight if pc is not None else 100))
+    if any(p.startswith(path + "/") for p in ledger.live):
+        out.append((path + "/.leaf", 100))
+    return tuple(out)
+
+
+def _weight(pc: PlanCgroup) -> float:
+    return float(IDLE_WEIGHT if pc.policy.kind is PolicyKind.IDLE else nice_weight(pc.nice))
 
 
 def unfold(plan: Plan, all_cpus: tuple[int, ...]) -> Ledger:
@@ -210,6 +247,7 @@ def unfold(plan: Plan, all_cpus: tuple[int, ...]) -> Ledger:
 
 def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWorker, ...]:
     ledger = unfold(plan, all_cpus)
+    static = not ledger.dynamic
     return tuple(
         ExpectedWorker(
             cgroup=w.id[0],
@@ -217,6 +255,10 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
             allowed=tuple(sorted(w.allowed)),
             planned_s=(w.stop_s or 0.0) - w.start_s,
             affinity=_affinity(w.spec, w.id[1]),
+            weight=_weight(w.spec),
+            groups=_groups(ledger, w.cgroup) if static else (),
+            cpu_bound=w.spec.work.kind in CPU_BOUND and w.spec.policy.kind in FAIR_POLICIES,
+            static=static,
         )
         for w in ledger.workers.values()
     )

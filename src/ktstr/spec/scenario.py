@@ -38,6 +38,8 @@ class CgroupDef:
     cpuset: CpusetSpec | None = None
     policy: SchedPolicy = NORMAL
     nice: int = 0
+    #: cgroup v2 ``cpu.weight`` (1..10000; 100 is the kernel's default).
+    weight: int = 100
     affinity: Affinity = INHERIT
     children: tuple[CgroupDef, ...] = ()
     #: A real program run in this cgroup beside (or instead of) the workers.
@@ -55,6 +57,8 @@ class CgroupDef:
             )
         if not -20 <= self.nice <= 19:
             raise ConfigError(f"cgroup {self.name}: nice must be -20..19, got {self.nice}")
+        if not 1 <= self.weight <= 10000:
+            raise ConfigError(f"cgroup {self.name}: weight must be 1..10000, got {self.weight}")
 
 
 class OpKind(enum.Enum):
@@ -218,6 +222,7 @@ class PlanCgroup:
     nice: int
     affinities: tuple[tuple[int, ...] | None, ...]
     payload: Payload | None = None
+    weight: int = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,6 +273,7 @@ def _flatten(d: CgroupDef, topo: Topology, parent: str, seed: int) -> list[PlanC
         nice=d.nice,
         affinities=affs,
         payload=d.payload,
+        weight=d.weight,
     )
     out = [own]
     for child in d.children:

@@ -135,6 +135,20 @@ class Work:
         return cls(kind=WorkKind.CUSTOM, function=function)
 
 
+#: The kernel's sched_prio_to_weight, nice -20..19.
+NICE_WEIGHT = (
+    88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 11916,
+    9548, 7620, 6100, 4904, 3906, 3121, 2501, 1991, 1586, 1277,
+    1024, 820, 655, 526, 423, 335, 272, 215, 172, 137,
+    110, 87, 70, 56, 45, 36, 29, 23, 18, 15,
+)  # fmt: skip
+IDLE_WEIGHT = 3  # SCHED_IDLE's load weight
+
+
+def nice_weight(nice: int) -> int:
+    return NICE_WEIGHT[max(-20, min(19, nice)) + 20]
+
+
 class PolicyKind(enum.Enum):
     NORMAL = "normal"
     BATCH = "batch"
