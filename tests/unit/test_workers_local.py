@@ -143,3 +143,75 @@ def test_pipe_pairs_stop_promptly_whenever_the_signal_lands(tmp_path, delay_ms):
             pool.workers.clear()
     finally:
         pool.close()
+
+
+# -- the kinds of guest/work_more.py: each measures what it says --
+
+
+def ok(reports, n):
+    assert len(reports) == n
+    for r in reports:
+        assert r.error is None, r
+    return reports
+
+
+def test_request_response_records_request_and_wake_latency(tmp_path):
+    a, b = sorted(
+        ok(run(tmp_path, Work.request_response(work_ms=1.0), 2), 2), key=lambda r: r.index
+    )
+    assert a.iterations > 5 and abs(a.iterations - b.iterations) <= 1
+    # the requester's latency holds the server's 1 ms of work; the server's wake-up does not
+    assert min(a.wake_lat_us) >= 1000 > min(b.wake_lat_us)
+
+
+def test_thundering_herd_wakes_every_waiter_each_period(tmp_path):
+    reports = ok(run(tmp_path, Work.thundering_herd(period_ms=20, work_ms=0.1), 4, 0.6), 4)
+    waker, *waiters = sorted(reports, key=lambda r: r.index)
+    assert 10 <= waker.iterations <= 31 and waker.wake_samples == waker.iterations
+    for w in waiters:
+        assert w.iterations >= waker.iterations - 3 and w.wake_samples == w.iterations
+
+
+def test_producer_consumer_measures_time_in_queue(tmp_path):
+    reports = ok(run(tmp_path, Work.producer_consumer(producers=1, work_ms=0.2), 3), 3)
+    prod, *cons = sorted(reports, key=lambda r: r.index)
+    assert prod.wake_samples == 0 and prod.iterations > 10
+    # what is still queued at the stop: a packet pipe holds at most 16 items
+    assert prod.iterations - 20 <= sum(c.iterations for c in cons) <= prod.iterations
+    # a stop may land between a sample and its tick
+    assert all(abs(c.wake_samples - c.iterations) <= 1 for c in cons)
+
+
+@pytest.mark.parametrize(
+    ("work", "units_per_iter"),
+    [(Work.thread_storm(run_ms=0.2), 1), (Work.fork_exec(), 1),
+     (Work.memory_bw(size_kb=4096), 4), (Work.page_faults(size_kb=256), 64)],
+    ids=["thread_storm", "fork_exec", "memory_bw", "page_faults"],
+)  # fmt: skip
+def test_churn_and_memory_kinds_count_their_units(tmp_path, work, units_per_iter):
+    (r,) = ok(run(tmp_path, work, 1), 1)
+    assert r.iterations > 3 and r.work_units == units_per_iter * r.iterations
+    if work.kind.value == "thread_storm":
+        assert r.wake_samples == r.iterations  # creation to first run, per thread
+
+
+def test_timer_and_interactive_record_lateness_per_period(tmp_path):
+    (t,) = ok(run(tmp_path, Work.timer_periodic(period_ms=10, work_ms=1), 1, 0.5), 1)
+    assert 35 <= t.iterations <= 51 and t.wake_samples == t.iterations
+    (i,) = ok(run(tmp_path, Work.interactive(work_ms=1, sleep_ms=20), 1, 0.5), 1)
+    assert 15 <= i.iterations <= 25 and i.wake_samples == i.iterations
+    assert i.on_cpu_ms < 0.3 * i.wall_s * 1000  # mostly asleep
+
+
+def test_pi_lock_convoy_serialises_the_holders(tmp_path):
+    reports = ok(run(tmp_path, Work.pi_lock(hold_ms=1.0), 3), 3)
+    total = sum(r.iterations for r in reports)
+    assert 50 < total <= 520  # one 1 ms hold at a time over 0.5 s
+    assert all(r.wake_samples == r.iterations for r in reports)
+
+
+def test_deadline_tasks_run_once_per_period(tmp_path):
+    (r,) = run(tmp_path, Work.deadline(runtime_ms=2, period_ms=20), 1)
+    if r.error and "sched_setattr" in r.error:
+        pytest.skip(f"host refuses SCHED_DEADLINE: {r.error}")
+    assert r.error is None and 15 <= r.iterations <= 27

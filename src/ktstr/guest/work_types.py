@@ -365,7 +365,12 @@ _FACTORIES: dict[WorkKind, Callable[[Ctx], Step]] = {
 
 
 def make_step(ctx: Ctx) -> Step:
-    return _FACTORIES[ctx.work.kind](ctx)
+    factory = _FACTORIES.get(ctx.work.kind)
+    if factory is None:
+        from ktstr.guest.work_more import FACTORIES
+
+        factory = FACTORIES[ctx.work.kind]
+    return factory(ctx)
 
 
 def make_shared(work: Work, scratch_dir: str, tag: str) -> Shared:
@@ -377,4 +382,8 @@ def make_shared(work: Work, scratch_dir: str, tag: str) -> Shared:
         return Shared(page=page)
     if work.kind is WorkKind.MUTEX_CONTENTION:
         return Shared(lock_path=os.path.join(scratch_dir, f"ktstr-lock-{tag}"))
+    if work.kind not in _FACTORIES:
+        from ktstr.guest.work_more import make_shared as more
+
+        return more(work) or Shared()
     return Shared()

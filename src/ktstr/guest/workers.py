@@ -258,9 +258,8 @@ def _close_parent_copies(specs: list[WorkerSpec]) -> None:
         if id(sh) in seen:
             continue
         seen.add(id(sh))
-        for r, w in sh.pipes or ():
-            os.close(r)
-            os.close(w)
+        for fd in {fd for pair in sh.pipes or () for fd in pair}:  # a queue's ends appear twice
+            os.close(fd)
         if sh.page is not None:
             sh.page.close()
 
@@ -433,7 +432,8 @@ def specs_for(
     specs = []
     work = pc.work
     allowed = pc.cpus if pc.cpus is not None else all_cpus
-    shared = make_shared(work, scratch_dir, pc.path.replace("/", "."))
+    # one resource per cgroup, or (paired kinds) one per pair, made below
+    shared = Shared() if work.paired else make_shared(work, scratch_dir, pc.path.replace("/", "."))
     for k in range(count):
         i = first_index + k
         if work.paired and k % 2 == 0:

@@ -208,7 +208,9 @@ class ExpectedWorker:
 
 
 #: Work that is runnable all the time: it wants a whole CPU.
-CPU_BOUND = frozenset({WorkKind.CPU_SPIN, WorkKind.CACHE_PRESSURE})
+CPU_BOUND = frozenset(
+    {WorkKind.CPU_SPIN, WorkKind.CACHE_PRESSURE, WorkKind.MEMORY_BW, WorkKind.PAGE_FAULTS}
+)
 FAIR_POLICIES = frozenset({PolicyKind.NORMAL, PolicyKind.BATCH, PolicyKind.IDLE})
 
 

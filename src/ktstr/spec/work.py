@@ -28,10 +28,26 @@ class WorkKind(enum.Enum):
     MUTEX_CONTENTION = "mutex_contention"  # contenders fight over one lock
     SEQUENCE = "sequence"  # phases of other kinds
     CUSTOM = "custom"  # a user function "module:function"
+    # -- guest/work_more.py (docs/scenarios.md has what each measures) --
+    REQUEST_RESPONSE = "request_response"  # paired: schbench-style request, burst_ms of work, reply
+    THUNDERING_HERD = "thundering_herd"  # worker 0 wakes all the others on one futex
+    PRODUCER_CONSUMER = "producer_consumer"  # `producers` fill a bounded queue, the rest drain it
+    THREAD_STORM = "thread_storm"  # create a thread, run burst_ms, join
+    FORK_EXEC = "fork_exec"  # fork + exec /bin/true
+    TIMER_PERIODIC = "timer_periodic"  # wake every period_ms on an absolute timer, burst_ms of work
+    PI_LOCK = "pi_lock"  # lock convoy on a priority-inheriting futex, held burst_ms
+    MEMORY_BW = "memory_bw"  # sequential copies over size_kb (bandwidth)
+    PAGE_FAULTS = "page_faults"  # map, touch and unmap size_kb of anonymous memory
+    INTERACTIVE = "interactive"  # burst_ms of work after sleep_ms, latency = lateness of wake
+    DEADLINE = "deadline"  # SCHED_DEADLINE: burst_ms of work every period_ms
 
 
-PAIRED = frozenset({WorkKind.PIPE_IO, WorkKind.FUTEX_PINGPONG})
-BLOCKING = PAIRED | {WorkKind.MUTEX_CONTENTION}
+PAIRED = frozenset({WorkKind.PIPE_IO, WorkKind.FUTEX_PINGPONG, WorkKind.REQUEST_RESPONSE})
+#: Kinds whose workers of one cgroup share one resource (a lock, a queue, a futex).
+CGROUP_SHARED = frozenset(
+    {WorkKind.MUTEX_CONTENTION, WorkKind.THUNDERING_HERD, WorkKind.PRODUCER_CONSUMER,
+     WorkKind.PI_LOCK}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +64,10 @@ class Work:
     phases: tuple[tuple[Work, float], ...] = ()
     #: CUSTOM: "module:function", called as fn(ctx) -> None per iteration.
     function: str = ""
+    #: TIMER_PERIODIC, DEADLINE, THUNDERING_HERD: the period of wake-ups.
+    period_ms: float = 0.0
+    #: PRODUCER_CONSUMER: how many of a cgroup's workers produce.
+    producers: int = 0
 
     def __post_init__(self) -> None:
         if self.kind is WorkKind.BURSTY and not (
@@ -67,6 +87,24 @@ class Work:
                 raise ConfigError("Sequence needs phases with positive durations")
             if any(w.kind in PAIRED | {WorkKind.SEQUENCE} for w, _ in self.phases):
                 raise ConfigError("Sequence phases cannot be paired kinds or sequences")
+        periodic = (WorkKind.TIMER_PERIODIC, WorkKind.DEADLINE, WorkKind.THUNDERING_HERD)
+        if self.kind in periodic and not (
+            math.isfinite(self.period_ms) and 0 < self.burst_ms < self.period_ms
+        ):
+            raise ConfigError(
+                f"{self.kind.value} needs 0 < burst_ms < period_ms, "
+                f"got {self.burst_ms}/{self.period_ms}"
+            )
+        if self.kind in (WorkKind.INTERACTIVE, WorkKind.THREAD_STORM) and not (
+            math.isfinite(self.burst_ms + self.sleep_ms)
+            and self.burst_ms > 0
+            and self.sleep_ms >= 0
+        ):
+            raise ConfigError(f"{self.kind.value} needs burst_ms > 0 and sleep_ms >= 0")
+        if self.kind in (WorkKind.MEMORY_BW, WorkKind.PAGE_FAULTS) and self.size_kb <= 0:
+            raise ConfigError(f"{self.kind.value} needs size_kb > 0")
+        if self.kind is WorkKind.PRODUCER_CONSUMER and self.producers < 1:
+            raise ConfigError(f"producer_consumer needs producers >= 1, got {self.producers}")
         if self.kind is WorkKind.CUSTOM and ":" not in self.function:
             raise ConfigError(f"Custom needs function='module:function', got {self.function!r}")
 
@@ -133,6 +171,50 @@ class Work:
     @classmethod
     def custom(cls, function: str) -> Work:
         return cls(kind=WorkKind.CUSTOM, function=function)
+
+    @classmethod
+    def request_response(cls, work_ms: float = 0.2) -> Work:
+        return cls(kind=WorkKind.REQUEST_RESPONSE, burst_ms=work_ms)
+
+    @classmethod
+    def thundering_herd(cls, period_ms: float = 10.0, work_ms: float = 0.1) -> Work:
+        return cls(kind=WorkKind.THUNDERING_HERD, period_ms=period_ms, burst_ms=work_ms)
+
+    @classmethod
+    def producer_consumer(cls, producers: int = 1, work_ms: float = 0.05) -> Work:
+        return cls(kind=WorkKind.PRODUCER_CONSUMER, producers=producers, burst_ms=work_ms)
+
+    @classmethod
+    def thread_storm(cls, run_ms: float = 0.5) -> Work:
+        return cls(kind=WorkKind.THREAD_STORM, burst_ms=run_ms)
+
+    @classmethod
+    def fork_exec(cls) -> Work:
+        return cls(kind=WorkKind.FORK_EXEC)
+
+    @classmethod
+    def timer_periodic(cls, period_ms: float = 5.0, work_ms: float = 0.5) -> Work:
+        return cls(kind=WorkKind.TIMER_PERIODIC, period_ms=period_ms, burst_ms=work_ms)
+
+    @classmethod
+    def pi_lock(cls, hold_ms: float = 0.1) -> Work:
+        return cls(kind=WorkKind.PI_LOCK, burst_ms=hold_ms)
+
+    @classmethod
+    def memory_bw(cls, size_kb: int = 16384) -> Work:
+        return cls(kind=WorkKind.MEMORY_BW, size_kb=size_kb)
+
+    @classmethod
+    def page_faults(cls, size_kb: int = 1024) -> Work:
+        return cls(kind=WorkKind.PAGE_FAULTS, size_kb=size_kb)
+
+    @classmethod
+    def interactive(cls, work_ms: float = 1.0, sleep_ms: float = 20.0) -> Work:
+        return cls(kind=WorkKind.INTERACTIVE, burst_ms=work_ms, sleep_ms=sleep_ms)
+
+    @classmethod
+    def deadline(cls, runtime_ms: float = 2.0, period_ms: float = 10.0) -> Work:
+        return cls(kind=WorkKind.DEADLINE, burst_ms=runtime_ms, period_ms=period_ms)
 
 
 #: The kernel's sched_prio_to_weight, nice -20..19.
