@@ -16,6 +16,7 @@ _EXPORTS = {
     "ktstr_test": "ktstr.authoring",
     "CgroupDef": "ktstr.spec.scenario",
     "CpusetSpec": "ktstr.spec.cpuset",
+    "Size": "ktstr.spec.cpuset",
     "Op": "ktstr.spec.scenario",
     "Step": "ktstr.spec.scenario",
     "HoldSpec": "ktstr.spec.scenario",
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from ktstr.evaluate.payloads import payload_parser
     from ktstr.evaluate.snapshots import Snapshot
     from ktstr.spec.checks import PayloadGate, Thresholds
-    from ktstr.spec.cpuset import CpusetSpec
+    from ktstr.spec.cpuset import CpusetSpec, Size
     from ktstr.spec.payload import Payload, Until
     from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
     from ktstr.spec.scheduler import Flag, Scheduler
@@ -73,6 +74,7 @@ __all__ = [
     "Scenario",
     "SchedPolicy",
     "Scheduler",
+    "Size",
     "Snapshot",
     "Step",
     "Thresholds",

@@ -23,14 +23,25 @@ from ktstr.cli.vm import add_vm_parsers
 from ktstr.errors import Interrupted, KtstrError, Terminated
 from ktstr.host.signals import terminate_like_interrupt
 from ktstr.spec.catalog import CATALOG
+from ktstr.spec.scenario import Scenario
 from ktstr.spec.topology import PRESET_LIST
 
 log = logging.getLogger("ktstr")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """The catalog by group: each scenario, what it exposes, and the
+    thresholds it sets over ktstr's defaults."""
+    groups: dict[str, list[Scenario]] = {}
     for sc in CATALOG:
-        print(f"{sc.name:18} {sc.description}")
+        groups.setdefault(sc.group or "other", []).append(sc)
+    for group, scenarios in groups.items():
+        print(f"{group}:")
+        for sc in scenarios:
+            own = ", ".join(f"{k}={'off' if v is False else v}" for k, v in
+                            sc.thresholds.active().items())  # fmt: skip
+            print(f"  {sc.name:22} {sc.description}" + (f" [{own}]" if own else ""))
+    print(f"{len(CATALOG)} scenarios; thresholds: ktstr show-thresholds SCENARIO")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ktstr.guest.scenario import Executor, bpf_write, session, snapshot
 from ktstr.protocol.messages import RunSummary
+from ktstr.spec.cpuset import CpusetSpec
 from ktstr.spec.scenario import CgroupDef, Scenario, resolve
 from ktstr.spec.topology import Topology
 
@@ -49,6 +50,10 @@ class TestContext:
         summary = self._ex.run(plan)
         self.results.append(summary)
         return summary
+
+    def cpus(self, cpuset: CpusetSpec | None = None) -> tuple[int, ...]:
+        """The CPUs ``cpuset`` names on this run's topology (all without one)."""
+        return cpuset.resolve(self.topology) if cpuset else tuple(range(self.topology.cpus))
 
     def execute_defs(self, defs: list[CgroupDef], duration: float | None = None) -> RunSummary:
         """The common case: these cgroups for the whole duration."""

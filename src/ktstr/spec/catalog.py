@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from ktstr.spec.catalog_more import MORE
 from ktstr.spec.checks import Thresholds
 from ktstr.spec.cpuset import CpusetSpec
 from ktstr.spec.payload import Payload
@@ -177,4 +180,15 @@ CATALOG: tuple[Scenario, ...] = (
     ),
 )
 
+#: The groups of the scenarios above (catalog_more.py sets its own).
+_GROUPS = {
+    "steady": "fairness", "oversubscribed": "overload", "mixed_work": "overload",
+    "cpuset_disjoint": "cpusets and cgroups", "cpuset_overlap": "cpusets and cgroups",
+    "cgroup_add_remove": "cpusets and cgroups", "cpuset_swap": "cpusets and cgroups",
+    "nested_cgroups": "cpusets and cgroups", "affinity_churn": "churn",
+    "rt_mix": "real-time", "wake_latency": "latency", "pinned_llc": "placement",
+    "scx_smoke": "payloads", "hackbench_hogs": "payloads", "cyclictest_noisy": "payloads",
+    "perf_pipe_llcs": "payloads",
+}  # fmt: skip
+CATALOG = tuple(dataclasses.replace(s, group=_GROUPS[s.name]) for s in CATALOG) + MORE
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in CATALOG}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from ktstr.errors import ConfigError
@@ -16,6 +17,9 @@ class CpusetMode(enum.Enum):
     RANGE = "range"  # CPUs lo..hi inclusive
     EXACT = "exact"  # exactly `cpus`
     ACROSS_LLCS = "across_llcs"  # `of` CPUs, each from a different LLC where there are enough
+    NODE = "node"  # the CPUs of NUMA node `index`
+    SMT_PRIMARY = "smt_primary"  # the first hardware thread of every core
+    SMT_SIBLING = "smt_sibling"  # the other hardware threads (none without SMT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +68,18 @@ class CpusetSpec:
         return cls(mode=CpusetMode.ACROSS_LLCS, of=count)
 
     @classmethod
+    def node(cls, index: int) -> CpusetSpec:
+        return cls(mode=CpusetMode.NODE, index=index)
+
+    @classmethod
+    def smt_primary(cls) -> CpusetSpec:
+        return cls(mode=CpusetMode.SMT_PRIMARY)
+
+    @classmethod
+    def smt_sibling(cls) -> CpusetSpec:
+        return cls(mode=CpusetMode.SMT_SIBLING)
+
+    @classmethod
     def range(cls, lo: int, hi: int) -> CpusetSpec:
         return cls(mode=CpusetMode.RANGE, lo=lo, hi=hi)
 
@@ -73,6 +89,17 @@ class CpusetSpec:
 
     def resolve(self, topo: Topology) -> tuple[int, ...]:
         n = topo.cpus
+        if self.mode is CpusetMode.NODE:
+            if self.index >= topo.numa_nodes:
+                raise ConfigError(f"cpuset node {self.index} >= {topo.numa_nodes} nodes in {topo}")
+            return topo.node_cpus(self.index)
+        if self.mode in (CpusetMode.SMT_PRIMARY, CpusetMode.SMT_SIBLING):
+            primaries = {topo.core_cpus(c)[0] for c in range(n)}
+            want = self.mode is CpusetMode.SMT_PRIMARY
+            picked = tuple(c for c in range(n) if (c in primaries) == want)
+            if not picked:
+                raise ConfigError(f"cpuset smt_sibling: {topo} has no SMT siblings")
+            return picked
         if self.mode is CpusetMode.LLC:
             if self.index >= topo.llcs:
                 raise ConfigError(f"cpuset llc index {self.index} >= {topo.llcs} LLCs in {topo}")
@@ -109,3 +136,60 @@ def _part(n: int, index: int, of: int, topo: Topology) -> tuple[int, int]:
         per = topo.llcs // of * topo.cpus_per_llc
         return index * per, (index + 1) * per
     return index * n // of, (index + 1) * n // of
+
+
+class Per(enum.Enum):
+    CPU = "cpu"
+    CORE = "core"
+    LLC = "llc"
+    NODE = "node"
+    PCT = "pct"  # percent of the CPUs
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """A worker count relative to the CPUs a cgroup may use, so that one
+    scenario fits every topology: ``Size.per_cpu(2)``, ``Size.pct(50)``."""
+
+    per: Per
+    factor: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.factor, int | float) and 0 < self.factor <= 1000):
+            raise ConfigError(f"worker size per {self.per.value} must be in (0, 1000]")
+
+    @classmethod
+    def per_cpu(cls, factor: float = 1.0) -> Size:
+        return cls(Per.CPU, factor)
+
+    @classmethod
+    def per_core(cls, factor: float = 1.0) -> Size:
+        return cls(Per.CORE, factor)
+
+    @classmethod
+    def per_llc(cls, factor: float = 1.0) -> Size:
+        return cls(Per.LLC, factor)
+
+    @classmethod
+    def per_node(cls, factor: float = 1.0) -> Size:
+        return cls(Per.NODE, factor)
+
+    @classmethod
+    def pct(cls, percent: float) -> Size:
+        return cls(Per.PCT, percent)
+
+    def count(self, topo: Topology, cpus: tuple[int, ...], *, even: bool = False) -> int:
+        """Workers for ``cpus`` of ``topo``: at least 1 (rounded up; even for
+        paired work)."""
+        if self.per is Per.PCT:
+            units: float = len(cpus) / 100
+        elif self.per is Per.CPU:
+            units = len(cpus)
+        elif self.per is Per.CORE:
+            units = len({topo.core_cpus(c)[0] for c in cpus})
+        elif self.per is Per.LLC:
+            units = len({topo.llc_of(c) for c in cpus})
+        else:
+            units = len({topo.node_of(c) for c in cpus})
+        n = max(1, math.ceil(units * self.factor - 1e-9))
+        return n + (n % 2) if even else n

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from ktstr.errors import ConfigError
 from ktstr.spec.checks import Thresholds
-from ktstr.spec.cpuset import CpusetSpec
+from ktstr.spec.cpuset import CpusetSpec, Size
 from ktstr.spec.payload import Payload
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import INHERIT, NORMAL, Affinity, SchedPolicy, Work
@@ -33,7 +33,8 @@ class CgroupDef:
     """A cgroup and its workers. ``CgroupDef("cg0", workers=2)``."""
 
     name: str = field(kw_only=False)
-    workers: int = 1
+    #: A number, or a size relative to the cgroup's CPUs (``Size.per_cpu(2)``).
+    workers: int | Size = 1
     work: Work = field(default_factory=Work.spin)
     cpuset: CpusetSpec | None = None
     policy: SchedPolicy = NORMAL
@@ -48,9 +49,11 @@ class CgroupDef:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"cgroup name {self.name!r} must be non-empty, without '/'")
-        if self.workers < 0:
+        if isinstance(self.workers, Size):
+            pass  # counted against the topology, rounded up to even for paired work
+        elif self.workers < 0:
             raise ConfigError(f"cgroup {self.name}: workers must be >= 0, got {self.workers}")
-        if self.work.paired and self.workers % 2:
+        elif self.work.paired and self.workers % 2:
             raise ConfigError(
                 f"cgroup {self.name}: {self.work.kind.value} is paired, so "
                 f"workers must be even, got {self.workers}"
@@ -186,6 +189,8 @@ class Scenario:
     duration_s: float = 5.0
     #: The scenario's own layer of the threshold chain (see spec/checks.py).
     thresholds: Thresholds = field(default_factory=Thresholds)
+    #: The catalog group ``ktstr list`` shows it under.
+    group: str = ""
 
     @classmethod
     def of_defs(
@@ -195,6 +200,8 @@ class Scenario:
         description: str = "",
         duration_s: float = 5.0,
         thresholds: Thresholds | None = None,
+        *,
+        group: str = "",
     ) -> Scenario:
         """The common case: start these cgroups, hold for the whole duration."""
         step = Step(ops=tuple(Op.add(d) for d in defs))
@@ -204,6 +211,7 @@ class Scenario:
             steps=(step,),
             duration_s=duration_s,
             thresholds=thresholds or Thresholds(),
+            group=group,
         )
 
 
@@ -260,14 +268,17 @@ def _flatten(d: CgroupDef, topo: Topology, parent: str, seed: int) -> list[PlanC
     path = f"{parent}/{d.name}" if parent else d.name
     cpus = d.cpuset.resolve(topo) if d.cpuset is not None else None
     allowed = cpus if cpus is not None else tuple(range(topo.cpus))
+    workers = d.workers
+    if isinstance(workers, Size):
+        workers = workers.count(topo, allowed, even=d.work.paired)
     try:
-        affs = tuple(d.affinity.resolve(topo, allowed, i, seed) for i in range(d.workers))
+        affs = tuple(d.affinity.resolve(topo, allowed, i, seed) for i in range(workers))
     except ConfigError as exc:
         raise ConfigError(f"cgroup {path}: {exc}") from None
     own = PlanCgroup(
         path=path,
         cpus=cpus,
-        workers=d.workers,
+        workers=workers,
         work=d.work,
         policy=d.policy,
         nice=d.nice,

@@ -1,0 +1,191 @@
+"""More canned scenarios, sized relative to the topology (``Size``) so one
+definition fits every preset. Pure data; ``spec/catalog.py`` merges them.
+
+Each says in its description what it exposes. Thresholds are ktstr's
+defaults unless a scenario sets its own; the ideal-share oracle judges
+every CPU-bound worker of a static scenario against its fair share."""
+
+from __future__ import annotations
+
+from ktstr.spec.checks import Thresholds
+from ktstr.spec.cpuset import CpusetSpec, Size
+from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
+from ktstr.spec.work import BATCH, IDLE, Affinity, AffinityMode, SchedPolicy, Work
+
+ONE = Size.per_cpu(1)
+TWO = Size.per_cpu(2)
+HALF = Size.pct(50)
+
+FAIRNESS = "fairness"
+LATENCY = "latency"
+PLACEMENT = "placement"
+CGROUPS = "cpusets and cgroups"
+CHURN = "churn"
+OVERLOAD = "overload"
+REALTIME = "real-time"
+NUMA = "numa"
+
+
+def _of(group: str, name: str, description: str, *defs: CgroupDef, **kw: object) -> Scenario:
+    return Scenario.of_defs(name, list(defs), description, group=group, **kw)  # type: ignore[arg-type]
+
+
+MORE: tuple[Scenario, ...] = (
+    # -- fairness --
+    _of(FAIRNESS, "weighted_cgroups",
+        "cpu.weight 300 against 100, both cgroups 2 spinners per CPU: a scheduler must not "
+        "starve the light cgroup below per-task or per-cgroup fairness",
+        CgroupDef("heavy", workers=TWO, weight=300), CgroupDef("light", workers=TWO)),
+    _of(FAIRNESS, "nice_mix",
+        "nice 0 and nice 5 cgroups, 1 spinner per CPU each: shares by nice weight",
+        CgroupDef("nice0", workers=ONE), CgroupDef("nice5", workers=ONE, nice=5)),
+    _of(FAIRNESS, "batch_idle_mix",
+        "SCHED_NORMAL, SCHED_BATCH and SCHED_IDLE spinners together: idle work yields",
+        CgroupDef("normal", workers=ONE),
+        CgroupDef("batch", workers=ONE, policy=BATCH),
+        CgroupDef("idle", workers=ONE, policy=IDLE)),
+    _of(FAIRNESS, "uneven_cgroups",
+        "one spinner in one cgroup against 2 per CPU in another: per-task and per-cgroup "
+        "fairness disagree, either is accepted",
+        CgroupDef("lone", workers=1), CgroupDef("crowd", workers=TWO)),
+    _of(FAIRNESS, "per_core_pairs",
+        "two spinners per core in one cgroup: equal shares among equals",
+        CgroupDef("pairs", workers=Size.per_core(2))),
+    _of(FAIRNESS, "deep_weights",
+        "a three-level tree with cpu.weight at every level, spinners at the leaves",
+        CgroupDef("top", workers=0, weight=200, children=(
+            CgroupDef("mid", workers=0, weight=50, children=(
+                CgroupDef("leaf", workers=ONE),)),
+            CgroupDef("side", workers=ONE, weight=150))),
+        CgroupDef("other", workers=ONE)),
+    # -- latency --
+    _of(LATENCY, "request_response",
+        "schbench-style: requesters wake servers that work 0.2 ms and reply, beside hogs; "
+        "request and wake-up latency",
+        CgroupDef("rr", workers=TWO, work=Work.request_response(0.2)),
+        CgroupDef("hogs", workers=ONE)),
+    _of(LATENCY, "interactive_hogs",
+        "an interactive task (1 ms bursts, 20 ms sleeps) beside a hog per CPU: its wake-up "
+        "lateness",
+        CgroupDef("interactive", workers=1, work=Work.interactive(1.0, 20.0)),
+        CgroupDef("hogs", workers=ONE)),
+    _of(LATENCY, "periodic_timers",
+        "5 ms periodic timers, one per CPU, beside a hog per CPU: lateness per period",
+        CgroupDef("timers", workers=ONE, work=Work.timer_periodic(5.0, 0.5)),
+        CgroupDef("hogs", workers=ONE)),
+    _of(LATENCY, "thundering_herd",
+        "2 waiters per CPU woken at once on one futex every 20 ms",
+        CgroupDef("herd", workers=TWO, work=Work.thundering_herd(20.0, 0.2))),
+    _of(LATENCY, "producer_consumer",
+        "2 producers feed a bounded queue drained by the other workers (2 per CPU): "
+        "time in queue",
+        CgroupDef("queue", workers=TWO, work=Work.producer_consumer(2, 0.1))),
+    _of(LATENCY, "pingpong_hogs",
+        "futex ping-pong pairs beside a hog per CPU: wake-ups under load",
+        CgroupDef("pairs", workers=HALF, work=Work.futex_pingpong()),
+        CgroupDef("hogs", workers=ONE)),
+    # -- placement --
+    _of(PLACEMENT, "spread_out",
+        "spinners on half the CPUs: a work-conserving scheduler gives each a CPU",
+        CgroupDef("few", workers=HALF)),
+    _of(PLACEMENT, "llc_pairs",
+        "pipe ping-pong pairs pinned to an LLC each: communicating tasks stay together",
+        CgroupDef("pairs", workers=Size.per_llc(2), work=Work.pipe_io(),
+                  affinity=Affinity(mode=AffinityMode.LLC_ALIGNED))),
+    _of(PLACEMENT, "pinned_and_free",
+        "one pinned spinner per CPU plus free spinners: the free ones must not starve",
+        CgroupDef("pinned", workers=ONE, affinity=Affinity(mode=AffinityMode.SINGLE_CPU)),
+        CgroupDef("free", workers=HALF)),
+    _of(PLACEMENT, "random_affinity",
+        "spinners each pinned to a random 2-CPU subset: max-min fair over overlapping sets",
+        CgroupDef("subsets", workers=ONE,
+                  affinity=Affinity(mode=AffinityMode.RANDOM_SUBSET, count=2))),
+    # -- cpusets and cgroups --
+    _of(CGROUPS, "cpuset_halves_weighted",
+        "disjoint halves, one with 3 per CPU, the other 1 per CPU: cpusets isolate load",
+        CgroupDef("busy", workers=Size.per_cpu(3), cpuset=CpusetSpec.disjoint(0, 2)),
+        CgroupDef("calm", workers=ONE, cpuset=CpusetSpec.disjoint(1, 2))),
+    Scenario(name="move_workers", group=CGROUPS,
+             description="every worker of a cgroup moves to another mid-run",
+             steps=(Step(ops=(Op.add(CgroupDef("src", workers=ONE)),
+                              Op.add(CgroupDef("dst", workers=ONE))),
+                         hold=HoldSpec.fraction(0.5)),
+                    Step(ops=(Op.move_all("src", "dst"),), hold=HoldSpec.fraction(0.5)))),
+    Scenario(name="spawn_and_stop", group=CGROUPS,
+             description="more workers join mid-run, then a cgroup's workers stop",
+             steps=(Step(ops=(Op.add(CgroupDef("base", workers=ONE)),
+                              Op.add(CgroupDef("burst", workers=1))),
+                         hold=HoldSpec.fraction(0.3)),
+                    Step(ops=(Op.spawn("burst", 3),), hold=HoldSpec.fraction(0.4)),
+                    Step(ops=(Op.stop("burst"),), hold=HoldSpec.fraction(0.3)))),
+    Scenario(name="remove_first", group=CGROUPS,
+             description="the first cgroup is removed mid-run, the others go on",
+             steps=(Step(ops=(Op.add(CgroupDef("first", workers=ONE)),
+                              Op.add(CgroupDef("second", workers=ONE))),
+                         hold=HoldSpec.fraction(0.5)),
+                    Step(ops=(Op.remove("first"),), hold=HoldSpec.fraction(0.5)))),
+    Scenario(name="cpuset_shrink", group=CGROUPS,
+             description="a busy cgroup's cpuset shrinks to one half, then grows back",
+             steps=(Step(ops=(Op.add(CgroupDef("busy", workers=ONE)),),
+                         hold=HoldSpec.fraction(0.3)),
+                    Step(ops=(Op.set_cpuset("busy", CpusetSpec.disjoint(0, 2)),),
+                         hold=HoldSpec.fraction(0.4)),
+                    Step(ops=(Op.clear_cpuset("busy"),), hold=HoldSpec.fraction(0.3)))),
+    # -- churn --
+    _of(CHURN, "thread_storm",
+        "short-lived threads (0.5 ms each) created one after another, one storm per CPU, "
+        "beside hogs: creation to first run",
+        CgroupDef("storm", workers=ONE, work=Work.thread_storm(0.5)),
+        CgroupDef("hogs", workers=HALF)),
+    _of(CHURN, "fork_exec_storm",
+        "fork + exec of /bin/true in a loop, one per CPU, beside hogs",
+        CgroupDef("storm", workers=ONE, work=Work.fork_exec()),
+        CgroupDef("hogs", workers=HALF),
+        thresholds=Thresholds(max_imbalance=False)),  # process storms stack run queues
+    _of(CHURN, "page_fault_churn",
+        "map, touch and unmap 1 MiB in a loop, one per CPU: fault-heavy CPU work",
+        CgroupDef("faults", workers=ONE, work=Work.page_faults(1024))),
+    _of(CHURN, "nice_churn",
+        "workers cycling their own nice 0..19 beside steady spinners",
+        CgroupDef("sweep", workers=HALF, work=Work.nice_sweep()),
+        CgroupDef("steady", workers=HALF)),
+    _of(CHURN, "yield_storm",
+        "2 sched_yield()-heavy workers per CPU",
+        CgroupDef("yielders", workers=TWO, work=Work.yield_heavy())),
+    # -- overload --
+    _of(OVERLOAD, "oversubscribed_4x",
+        "4 spinners per CPU in one cgroup",
+        CgroupDef("crowd", workers=Size.per_cpu(4))),
+    _of(OVERLOAD, "mixed_overload",
+        "2 spinners per CPU with I/O, bursty and cache-heavy work beside",
+        CgroupDef("hogs", workers=TWO), CgroupDef("io", workers=1, work=Work.io_sync()),
+        CgroupDef("bursty", workers=HALF, work=Work.bursty(3, 7)),
+        CgroupDef("cache", workers=1, work=Work.cache_pressure(2048, 64))),
+    _of(OVERLOAD, "lock_convoy",
+        "one lock fought over by 2 workers per CPU (flock), beside hogs",
+        CgroupDef("lockers", workers=TWO, work=Work.mutex_contention(4)),
+        CgroupDef("hogs", workers=HALF)),
+    # -- real-time --
+    _of(REALTIME, "pi_convoy",
+        "a convoy on a priority-inheriting futex among 4 workers beside hogs",
+        CgroupDef("convoy", workers=4, work=Work.pi_lock(0.2)),
+        CgroupDef("hogs", workers=ONE)),
+    _of(REALTIME, "deadline_tasks",
+        "a SCHED_DEADLINE task (2 ms every 20 ms) beside a hog per CPU: it keeps its period",
+        CgroupDef("dl", workers=1, work=Work.deadline(2.0, 20.0)),
+        CgroupDef("hogs", workers=ONE)),
+    _of(REALTIME, "rr_timers",
+        "SCHED_RR periodic timers (priority 20) beside normal hogs",
+        CgroupDef("rr", workers=HALF, work=Work.timer_periodic(10.0, 1.0),
+                  policy=SchedPolicy.rr(20)),
+        CgroupDef("hogs", workers=ONE)),
+    # -- NUMA and memory --
+    _of(NUMA, "memory_bandwidth",
+        "memory-bound copies (4 MiB) one per CPU: bandwidth per worker",
+        CgroupDef("copy", workers=ONE, work=Work.memory_bw(4096))),
+    _of(NUMA, "numa_halves",
+        "memory-bound copies on one half of the CPUs, spinners on the other (a node each "
+        "where the topology has two): load stays on its node",
+        CgroupDef("n0", workers=ONE, work=Work.memory_bw(2048), cpuset=CpusetSpec.disjoint(0, 2)),
+        CgroupDef("n1", workers=ONE, cpuset=CpusetSpec.disjoint(1, 2))),
+)  # fmt: skip
