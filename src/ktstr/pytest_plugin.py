@@ -36,7 +36,15 @@ from ktstr.host.qemu import find_qemu
 from ktstr.host.results import new_run_dir, results_root
 from ktstr.host.signals import terminate_like_interrupt
 from ktstr.host.slots import vcpu_slots
-from ktstr.report import RunRecord, Trial, over_flake_rate, pass_rate_line, to_text
+from ktstr.report import (
+    RunRecord,
+    Trial,
+    over_flake_rate,
+    pass_rate_line,
+    phase_spent,
+    phase_totals,
+    to_text,
+)
 from ktstr.runner import (
     BootRequest,
     SchedulerRun,
@@ -113,7 +121,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """With --ktstr-repeat: each case's pass rate and its failing checks."""
+    """Where the VMs' time went; with --ktstr-repeat, each case's pass rate
+    and its failing checks."""
+    spent: list[dict[str, float]] = _state.get("spent_all", [])
+    if len(spent) > 1:
+        terminalreporter.write_line("ktstr " + phase_totals(spent))
     trials: dict[str, list[Trial]] = _state.get("trials", {})
     if not trials:
         return
@@ -130,11 +142,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     the controller, which prints pass rates, sees every worker's trials)."""
     outcome = yield
     trial = _state.pop("trial", None)
+    spent = _state.pop("pending_spent", None)
     if call.when == "call" and trial is not None:
         outcome.get_result().user_properties.append(("ktstr_trial", trial))
+    if call.when == "call" and spent:
+        outcome.get_result().user_properties.append(("ktstr_phases", spent))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    spent: Any = dict(report.user_properties).get("ktstr_phases")
+    if isinstance(spent, dict):
+        _state.setdefault("spent_all", []).append(spent)
     trial: Any = dict(report.user_properties).get("ktstr_trial")
     if trial is not None:
         name, failed, checks = trial
@@ -395,6 +413,7 @@ def run_case(spec: TestSpec, case: Case) -> None:
         )
     t = Trial.of(rec)
     _note_trial(spec, case, t.failed, list(t.checks))
+    _state["pending_spent"] = phase_spent(rec.phases)
     if rec.status is Status.FAIL:
         pytest.fail(to_text(rec) + f"\nresult: {out / 'result.json'}", pytrace=False)
     if rec.status is Status.SKIP:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -50,6 +51,8 @@ class RunRecord:
     explained_by: dict[str, Any] | None = None
     bpf_writes: tuple[dict[str, Any], ...] = ()
     timeline: tuple[dict[str, Any], ...] = ()
+    #: Host seconds since QEMU launched at which each phase began (PHASES).
+    phases: dict[str, float] = field(default_factory=dict)
     #: What the verifier spent on each of the scheduler's BPF programs.
     verifier: tuple[Program, ...] = ()
     #: The host it ran on: CPUs, ktstr version (what a comparison pairs by).
@@ -76,7 +79,7 @@ def to_json(rec: RunRecord) -> dict[str, Any]:
         "accel": rec.accel,
         "host": rec.host,
         "qemu": rec.qemu,
-        "durations": rec.durations,
+        "durations": {**rec.durations, **({"phases": rec.phases} if rec.phases else {})},
         "thresholds": v.thresholds.active(),
         "scale": {"factor": v.scale.factor, "reason": v.scale.reason},
         "stats": {
@@ -210,6 +213,8 @@ def to_text(rec: RunRecord) -> str:
         lines.append(verifier_summary(rec.verifier))
     if rec.monitor:
         lines.append(monitor_line(rec.monitor))
+    if rec.phases:
+        lines.append(phase_line(rec.phases))
     if v.scale.factor != 1.0:
         lines.append(f"timing thresholds scaled x{v.scale.factor:g} ({v.scale.reason})")
     if rec.monitor_view and v.status is Status.FAIL:
@@ -234,6 +239,43 @@ def to_text(rec: RunRecord) -> str:
     if rec.artifacts:
         lines.append(f"artifacts: {rec.artifacts}")
     return "\n".join(lines)
+
+
+#: The phases of a run in order, as ``durations.phases`` names them.
+PHASES = ("qemu_start", "kernel_start", "agent_ready", "scheduler_attached", "workload_start",
+          "workload_end", "reports_in", "qemu_exit", "verdict_written")  # fmt: skip
+
+#: What the time up to a mark (from the one before) is spent on.
+_SPENT = {
+    "kernel_start": "qemu", "agent_ready": "boot", "scheduler_attached": "attach",
+    "workload_start": "setup", "workload_end": "workload", "reports_in": "reports",
+    "qemu_exit": "shutdown", "verdict_written": "verdict",
+}  # fmt: skip
+
+
+def phase_spent(marks: dict[str, float]) -> dict[str, float]:
+    """Seconds per phase (qemu, boot, attach, setup, workload, ...)."""
+    named = [(k, marks[k]) for k in PHASES if k in marks]
+    return {_SPENT[b]: tb - ta for (_, ta), (b, tb) in itertools.pairwise(named)}
+
+
+def phase_line(marks: dict[str, float]) -> str:
+    """One line: what the time went to, from each mark to the next."""
+    parts = [f"{k} {v:.2f}s" for k, v in phase_spent(marks).items()]
+    return "time: " + ", ".join(parts) if parts else ""
+
+
+def phase_totals(spent: list[dict[str, float]]) -> str:
+    """Many runs: the seconds each phase took in all, and its share, so the
+    dominant cost is plain."""
+    total: dict[str, float] = {}
+    for one in spent:
+        for k, v in one.items():
+            total[k] = total.get(k, 0.0) + v
+    whole = sum(total.values()) or 1.0
+    order = sorted(total.items(), key=lambda kv: -kv[1])
+    parts = [f"{k} {v:.1f}s ({v / whole:.0%})" for k, v in order]
+    return f"time over {len(spent)} runs: " + ", ".join(parts) if parts else ""
 
 
 def snapshot_line(m: dict[str, Any], directory: str | None) -> str:

@@ -197,3 +197,19 @@ def test_ktap_golden_and_valid():
 def test_ktap_validator_rejects_bad_output(bad):
     with pytest.raises(AssertionError):
         assert_valid_ktap(bad)
+
+
+def test_phase_line_and_totals_say_where_the_time_went():
+    from ktstr.report import phase_line, phase_spent, phase_totals
+
+    marks = {
+        "qemu_start": 0.0, "kernel_start": 0.4, "agent_ready": 3.4, "workload_start": 3.9,
+        "workload_end": 8.9, "reports_in": 9.0, "qemu_exit": 9.6, "verdict_written": 9.7,
+    }  # fmt: skip
+    assert phase_line(marks) == ("time: qemu 0.40s, boot 3.00s, setup 0.50s, workload 5.00s, "
+                                 "reports 0.10s, shutdown 0.60s, verdict 0.10s")  # fmt: skip
+    attached = {**marks, "scheduler_attached": 3.7}  # the attach splits the setup
+    assert phase_spent(attached)["attach"] == pytest.approx(0.3)
+    assert phase_spent(attached)["setup"] == pytest.approx(0.2)
+    total = phase_totals([phase_spent(marks), phase_spent(attached)])
+    assert total.startswith("time over 2 runs: workload 10.0s (52%), boot 6.0s (31%)")

@@ -26,6 +26,8 @@ from ktstr.report import (
     Trial,
     over_flake_rate,
     pass_rate_line,
+    phase_spent,
+    phase_totals,
     to_junit,
     to_ktap,
     to_text,
@@ -116,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.junit:
         write_private(Path(args.junit), to_junit(records))
     failed = [r for r in records if r.status is Status.FAIL]
+    if len(records) > 1 and not args.ktap and any(r.phases for r in records):
+        print(phase_totals([phase_spent(r.phases) for r in records if r.phases]))
     if args.repeat > 1 and not args.ktap:
         print("\n".join(pass_rates(records)))
     if failed and not args.ktap:

@@ -93,6 +93,8 @@ class Evidence:
     crash: Crash | None = None
     exit: Exit | None = None
     exit_at: float | None = None
+    #: When the last worker reports arrived (host seconds since launch).
+    reports_at: float | None = None
     snapshot_requests: int = 0
     bpf_writes: int = 0
     malformed: list[Damage] = field(default_factory=list)
@@ -263,6 +265,7 @@ class Collector:
         if total + len(msg.reports) > self.budget.reports:
             return self._over("reports")
         ev.scenarios[-1].reports.extend(msg.reports)
+        ev.reports_at = at
         return ""
 
     def _listed(self, name: str, items: list[Any], value: Any) -> str:

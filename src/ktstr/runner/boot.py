@@ -72,6 +72,7 @@ class BootRequest:
 class Timings:
     """Host monotonic seconds relative to QEMU launch."""
 
+    launched: float = 0.0  # host monotonic clock at QEMU launch (absolute)
     kernel_start: float | None = None  # estimated from the guest's uptime at ready
     ready: float | None = None
     exit_frame: float | None = None

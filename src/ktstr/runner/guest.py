@@ -206,7 +206,7 @@ def _drain(vm: Vm, out: GuestRun, texts: _TextFiles, limit: int = 10_000) -> Non
 
 
 def _pump_frames(vm: Vm, req: BootRequest, out: GuestRun, texts: _TextFiles) -> None:
-    t0 = vm.launched_at
+    t0 = out.timings.launched = vm.launched_at
     coord = Coordinator(started=t0, watch=req.watch(), num_snapshots=req.num_snapshots)
     assert vm.channel is not None
     frames = vm.channel.frames

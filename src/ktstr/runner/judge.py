@@ -40,7 +40,7 @@ from ktstr.runner.boot import TEARDOWN_GRACE, WORKLOAD_GRACE, BootRequest, Guest
 from ktstr.runner.guest import run_guest
 from ktstr.runner.monitoring import plan_monitor
 from ktstr.runner.snapshots import write_files
-from ktstr.runner.timeline import explaining, timeline
+from ktstr.runner.timeline import explaining, phases, timeline
 from ktstr.spec.checks import Thresholds, scaled, timing_scale
 from ktstr.spec.payload import KERNEL_NEEDS
 from ktstr.spec.scenario import Plan
@@ -321,6 +321,8 @@ def _execute_job(
             bpf_writes=tuple(run.snapshots.writes),
             timeline=tuple(timeline(run)),
         )
+    if run is not None:
+        rec = dataclasses.replace(rec, phases=phases(run, time.monotonic() - run.timings.launched))
     write_sidecar(rec, results_dir)
     return rec
 

@@ -63,3 +63,25 @@ def explaining(run: GuestRun | None, verdict: Verdict) -> dict[str, Any] | None:
         if found is not None:
             return found
     return taken[-1] if taken else None
+
+
+def phases(run: GuestRun | None, verdict_at: float) -> dict[str, float]:
+    """Each phase's start in host seconds since QEMU launched (phases the run
+    never reached are absent): where the time to a verdict goes."""
+    if run is None:
+        return {}
+    ev, t = run.evidence, run.timings
+    attached = next((at for at, lc in ev.lifecycle if lc.phase == "scheduler_attached"), None)
+    ends = [sc.ended_at for sc in ev.scenarios if sc.ended_at is not None]
+    at = {
+        "qemu_start": 0.0,
+        "kernel_start": t.kernel_start,
+        "agent_ready": t.ready,
+        "scheduler_attached": attached,
+        "workload_start": ev.scenarios[0].started_at if ev.scenarios else None,
+        "workload_end": max(ends) if ends else None,
+        "reports_in": ev.reports_at or t.exit_frame,
+        "qemu_exit": t.qemu_exit,
+        "verdict_written": verdict_at,
+    }
+    return {k: round(max(0.0, v), 3) for k, v in at.items() if v is not None}
