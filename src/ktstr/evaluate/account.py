@@ -262,7 +262,19 @@ def _match(
                 )
             )
         groups.setdefault(w.cgroup, []).append(
-            Sample(r, w.allowed, w.planned_s, w.affinity, w.weight, w.groups, w.cpu_bound, w.static)
+            Sample(
+                r,
+                w.allowed,
+                w.planned_s,
+                w.affinity,
+                w.weight,
+                w.groups,
+                w.cpu_bound,
+                w.static,
+                w.start_s,
+                w.role,
+                w.opaque,
+            )
         )
     return [Group(label + name, tuple(s)) for name, s in groups.items()], problems
 

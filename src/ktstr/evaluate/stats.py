@@ -28,11 +28,15 @@ class Sample:
     groups: tuple[tuple[str, int], ...] = ()
     cpu_bound: bool = False
     static: bool = False
+    start_s: float = 0.0
+    role: int = 0
+    opaque: bool = False
 
     @property
-    def terms(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-        """What it competes on: workers with equal terms should fare alike."""
-        return self.allowed, self.affinity
+    def terms(self) -> tuple[Any, ...]:
+        """What it competes on: workers with equal terms (CPUs, pinning, part
+        they play, and when and how long they ran) should fare alike."""
+        return self.allowed, self.affinity, self.role, round(self.start_s, 3), self.planned_s
 
     @property
     def ok(self) -> bool:
@@ -146,7 +150,7 @@ def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
         name=name,
         workers=len(samples),
         cpus=tuple(sorted({c for s in ok for c in s.report.cpus})),
-        spread_pct=_spread(ok),
+        spread_pct=spread(ok),
         max_gap_ms=worst.report.max_gap_ms if worst else 0.0,
         max_gap_cpu=worst.report.max_gap_cpu if worst else -1,
         max_gap_at_ms=worst.report.max_gap_at_ms if worst else 0.0,
@@ -161,7 +165,7 @@ def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
     )
 
 
-def _spread(ok: Sequence[Sample]) -> float:
+def spread(ok: Sequence[Sample]) -> float:
     """Off-CPU % spread (max - min) among workers on equal terms (same
     cpuset, same pinning): workers pinned to different CPUs face different
     competition by design, so comparing them says nothing about fairness."""

@@ -40,9 +40,10 @@ MORE: tuple[Scenario, ...] = (
         "nice 0 and nice 5 cgroups, 1 spinner per CPU each: shares by nice weight",
         CgroupDef("nice0", workers=ONE), CgroupDef("nice5", workers=ONE, nice=5)),
     _of(FAIRNESS, "batch_idle_mix",
-        "SCHED_NORMAL, SCHED_BATCH and SCHED_IDLE spinners together: idle work yields",
-        CgroupDef("normal", workers=ONE),
-        CgroupDef("batch", workers=ONE, policy=BATCH),
+        "SCHED_NORMAL and SCHED_BATCH spinners on a quarter of the CPUs each, a SCHED_IDLE "
+        "spinner per CPU: idle work takes only what the others leave",
+        CgroupDef("normal", workers=Size.pct(25)),
+        CgroupDef("batch", workers=Size.pct(25), policy=BATCH),
         CgroupDef("idle", workers=ONE, policy=IDLE)),
     _of(FAIRNESS, "uneven_cgroups",
         "one spinner in one cgroup against 2 per CPU in another: per-task and per-cgroup "

@@ -205,6 +205,11 @@ class ExpectedWorker:
     groups: tuple[tuple[str, int], ...] = ()
     cpu_bound: bool = False
     static: bool = False
+    #: When it started (s into the scenario), its part (``Work.role``), and
+    #: whether CPU it causes escapes its own accounting (``Work.opaque``).
+    start_s: float = 0.0
+    role: int = 0
+    opaque: bool = False
 
 
 #: Work that is runnable all the time: it wants a whole CPU.
@@ -261,6 +266,9 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
             groups=_groups(ledger, w.cgroup) if static else (),
             cpu_bound=w.spec.work.kind in CPU_BOUND and w.spec.policy.kind in FAIR_POLICIES,
             static=static,
+            start_s=w.start_s,
+            role=w.spec.work.role(w.id[1]),
+            opaque=w.spec.work.opaque,
         )
         for w in ledger.workers.values()
     )

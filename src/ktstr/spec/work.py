@@ -43,6 +43,7 @@ class WorkKind(enum.Enum):
 
 
 PAIRED = frozenset({WorkKind.PIPE_IO, WorkKind.FUTEX_PINGPONG, WorkKind.REQUEST_RESPONSE})
+OPAQUE = frozenset({WorkKind.THREAD_STORM, WorkKind.FORK_EXEC, WorkKind.FORK_EXIT, WorkKind.CUSTOM})
 #: Kinds whose workers of one cgroup share one resource (a lock, a queue, a futex).
 CGROUP_SHARED = frozenset(
     {WorkKind.MUTEX_CONTENTION, WorkKind.THUNDERING_HERD, WorkKind.PRODUCER_CONSUMER,
@@ -111,6 +112,25 @@ class Work:
     @property
     def paired(self) -> bool:
         return self.kind in PAIRED
+
+    def role(self, index: int) -> int:
+        """Which part worker ``index`` plays (requester/server, producer/
+        consumer, waker/waiter): workers of different roles differ by design."""
+        if self.paired:
+            return index % 2
+        if self.kind is WorkKind.PRODUCER_CONSUMER:
+            return int(index >= self.producers)
+        if self.kind is WorkKind.THUNDERING_HERD:
+            return int(index != 0)
+        return 0
+
+    @property
+    def opaque(self) -> bool:
+        """Whether CPU it causes runs outside the worker's own task (threads,
+        children, a user function), where its accounting cannot see it."""
+        if self.kind is WorkKind.SEQUENCE:
+            return any(w.opaque for w, _ in self.phases)
+        return self.kind in OPAQUE
 
     @classmethod
     def spin(cls) -> Work:
