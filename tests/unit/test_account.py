@@ -22,7 +22,8 @@ from ktstr.protocol.messages import (
 )
 from ktstr.protocol.messages import TestResult as Result
 from ktstr.spec.checks import DEFAULTS
-from ktstr.spec.scenario import CgroupDef, Scenario, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, Scenario
 from ktstr.spec.serde import to_data
 from ktstr.spec.topology import Topology
 

@@ -40,7 +40,8 @@ from ktstr.protocol.messages import TestResult as Result
 from ktstr.protocol.validate import decode_payload
 from ktstr.spec.checks import DEFAULTS
 from ktstr.spec.ledger import expected_workers
-from ktstr.spec.scenario import CgroupDef, CpusetSpec, Scenario, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, Scenario
 from ktstr.spec.serde import to_data
 from ktstr.spec.topology import Topology
 

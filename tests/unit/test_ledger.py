@@ -5,7 +5,8 @@ import pytest
 
 from ktstr.errors import ConfigError
 from ktstr.spec.ledger import expected_workers, unfold
-from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
 from ktstr.spec.topology import Topology
 
 T = Topology.parse("1n2l2c1t")  # 4 CPUs: LLC0 = 0-1, LLC1 = 2-3
@@ -137,3 +138,45 @@ def test_a_loop_that_would_add_a_cgroup_twice_is_refused_before_boot():
 def test_durations_must_be_finite(bad):
     with pytest.raises(ConfigError, match="finite"):
         resolve(Scenario.of_defs("x", [CgroupDef("a")]), T, bad)
+
+
+def test_move_worker_moves_one_and_set_weight_changes_the_plan():
+    s = Scenario(
+        name="ops",
+        description="",
+        steps=(
+            Step(
+                ops=(
+                    Op.add(CgroupDef("a", workers=2, cpuset=CpusetSpec.llc(0))),
+                    Op.add(CgroupDef("b", workers=1, cpuset=CpusetSpec.llc(1))),
+                ),
+                hold=HoldSpec.fraction(0.5),
+            ),
+            Step(
+                ops=(Op.move_worker("a", 1, "b"), Op.set_weight("b", 400)),
+                hold=HoldSpec.fraction(0.5),
+            ),
+        ),
+    )
+    w = owed(s)
+    assert w["a", 0].allowed == (0, 1)  # stayed
+    assert w["a", 1].allowed == ALL  # ran on both LLCs: a's, then b's
+    assert not w["a", 0].static  # the competition changed mid-run
+    ledger = unfold(resolve(s, T, 4.0), ALL)
+    assert ledger.workers["a", 1].cgroup == "b" and ledger.live["b"].weight == 400
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [(Op.move_worker("a", 2, "b"), "one of a's 2 first workers"),
+     (Op.move_worker("a", 0, "a"), "needs another cgroup"),
+     (Op.set_weight("a", 0), "weight must be 1..10000")],
+)  # fmt: skip
+def test_bad_worker_and_weight_ops_are_refused_before_boot(op, message):
+    s = Scenario(
+        name="bad",
+        description="",
+        steps=(Step(ops=(Op.add(CgroupDef("a", workers=2)), Op.add(CgroupDef("b")), op)),),
+    )
+    with pytest.raises(ConfigError, match=message):
+        resolve(s, T, 1.0)

@@ -24,7 +24,8 @@ from ktstr.inspect.watchdog import shorten_watchdog
 from ktstr.runner.monitoring import plan_monitor
 from ktstr.spec.checks import DEFAULTS, Thresholds, merge
 from ktstr.spec.ledger import cpu_groups
-from ktstr.spec.scenario import CgroupDef, CpusetSpec, Scenario, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, Scenario
 from ktstr.spec.topology import Topology
 
 DATA = Path(__file__).parent.parent / "data"

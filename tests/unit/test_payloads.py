@@ -20,7 +20,8 @@ from ktstr.runner import check_payload_tools
 from ktstr.spec.checks import DEFAULTS, PayloadGate, Scale, Thresholds, merge, scaled
 from ktstr.spec.ledger import ExpectedPayload, cpu_groups, expected_payloads
 from ktstr.spec.payload import Payload, PayloadKind, Until
-from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, Scenario, Step
 from ktstr.spec.topology import Topology
 
 DATA = Path(__file__).parent.parent / "data" / "payloads"

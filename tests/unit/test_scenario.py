@@ -4,17 +4,8 @@ import pytest
 
 from ktstr.errors import ConfigError
 from ktstr.spec.catalog import CATALOG, SCENARIOS
-from ktstr.spec.scenario import (
-    CgroupDef,
-    CpusetSpec,
-    HoldSpec,
-    Op,
-    OpKind,
-    Plan,
-    Scenario,
-    Step,
-    resolve,
-)
+from ktstr.spec.plan import Plan, resolve
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, HoldSpec, Op, OpKind, Scenario, Step
 from ktstr.spec.serde import from_data, to_data
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import Affinity, AffinityMode, SchedPolicy, Work

@@ -11,7 +11,8 @@ import pytest
 from ktstr.runner import BootRequest, SchedulerRun, execute, run_scenario, scheduler_binary
 from ktstr.runner.monitoring import MonitorPlan
 from ktstr.spec.checks import DEFAULTS
-from ktstr.spec.scenario import CgroupDef, CpusetSpec, Scenario, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, CpusetSpec, Scenario
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import Affinity, AffinityMode
 from tests.vm.conftest import capture_live, kernel_for

@@ -17,7 +17,8 @@ from ktstr.evaluate.verdict import Status
 from ktstr.runner import BootRequest, execute
 from ktstr.spec.checks import DEFAULTS, Thresholds, merge
 from ktstr.spec.payload import Payload
-from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
 from ktstr.spec.topology import Topology
 from tests.vm.test_monitor import sched
 

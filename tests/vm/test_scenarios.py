@@ -11,7 +11,7 @@ from ktstr.evaluate.account import Expectation, account
 from ktstr.evaluate.stats import run_stats
 from ktstr.runner import BootRequest, GuestRun, SchedulerRun, run_scenario, scheduler_binary
 from ktstr.spec.catalog import SCENARIOS
-from ktstr.spec.scenario import Plan, resolve
+from ktstr.spec.plan import Plan, resolve
 from ktstr.spec.topology import Topology
 
 TOPO = Topology.parse("1n2l2c1t")
@@ -185,3 +185,13 @@ def test_loop_spawned_workers_and_moved_workers_pass_judged(kernel, isolated):
     )
     assert rec.status.value == "pass", [f.message for f in rec.verdict.findings]
     assert rec.verdict.stats.workers == 1 + 1 + plan.steps[1].loop_count + 2
+
+
+def test_weights_and_single_moves_reach_the_guests_cgroups(kernel, isolated):
+    """set_weight writes cpu.weight, move_worker moves exactly one task, and
+    the run stays complete and judged."""
+    run = scenario(kernel, "reweight_and_move")
+    assert_clean(run, "reweight_and_move")
+    stimuli = {st.op: st.detail for sc in run.evidence.scenarios for st in sc.stimuli}
+    assert stimuli["set_weight"] == {"cgroup": "a", "weight": 400}
+    assert stimuli["move_worker"]["moved"] == 1 and stimuli["move_worker"]["dst"] == "a"

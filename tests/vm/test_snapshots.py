@@ -18,7 +18,8 @@ from ktstr.cli import main as ktstr_main
 from ktstr.evaluate.snapshots import Snapshot, snapshots_of
 from ktstr.runner import BootRequest, execute
 from ktstr.spec.checks import DEFAULTS
-from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
 from ktstr.spec.topology import Topology
 from tests.vm.conftest import capture_live, kernel_for
 from tests.vm.test_monitor import SERIES, sched

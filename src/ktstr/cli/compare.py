@@ -56,7 +56,7 @@ def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
     from ktstr.host.results import new_run_dir
     from ktstr.runner import check_payload_tools, execute
     from ktstr.spec.catalog import SCENARIOS
-    from ktstr.spec.scenario import resolve
+    from ktstr.spec.plan import resolve
 
     unknown = [n for n in args.items if n not in SCENARIOS]
     if unknown:

@@ -41,7 +41,8 @@ from ktstr.runner import (
 )
 from ktstr.spec.catalog import SCENARIOS
 from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
-from ktstr.spec.scenario import Plan, Scenario, resolve
+from ktstr.spec.plan import Plan, resolve
+from ktstr.spec.scenario import Scenario
 from ktstr.spec.scheduler import Scheduler, load_scheduler
 from ktstr.spec.topology import Topology
 

@@ -31,7 +31,7 @@ from ktstr.protocol.evidence import Damage, Evidence, ScenarioRecord
 from ktstr.protocol.messages import PayloadError, RunSummary, WorkerReport
 from ktstr.protocol.validate import check
 from ktstr.spec.ledger import ExpectedPayload, ExpectedWorker, expected_payloads, expected_workers
-from ktstr.spec.scenario import Plan
+from ktstr.spec.plan import Plan
 from ktstr.spec.serde import from_data, to_data
 from ktstr.spec.topology import Topology
 

@@ -94,6 +94,14 @@ class CgroupTree:
                 out += [int(p) for p in text.split()]
         return out
 
+    def move_pid(self, pid: int, dst: str) -> int:
+        """Move one task into ``dst``: 1 if it moved, 0 if it was gone."""
+        try:
+            _write(self.procs_dir(dst) / "cgroup.procs", str(pid))
+        except (ProcessLookupError, OSError):
+            return 0
+        return 1
+
     def move_all(self, src: str, dst: str) -> int:
         target = self.procs_dir(dst) / "cgroup.procs"
         moved = 0

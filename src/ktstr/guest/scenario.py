@@ -35,7 +35,8 @@ from ktstr.protocol.messages import (
     WorkerReports,
 )
 from ktstr.spec.ledger import Effect, Ledger, PayloadId
-from ktstr.spec.scenario import OpKind, Plan, PlanOp, PlanStep
+from ktstr.spec.plan import Plan, PlanOp, PlanStep
+from ktstr.spec.scenario import OpKind
 from ktstr.spec.serde import from_data, to_data
 
 Send = Callable[[bytes], None]
@@ -237,6 +238,13 @@ class Executor:
         elif k is OpKind.MOVE_ALL:
             moved = self.tree.move_all(op.path, op.other)
             self.stimulus(k.value, src=op.path, dst=op.other, moved=moved)
+        elif k is OpKind.MOVE_WORKER:
+            w = self.pool.workers.get((op.path, op.count))
+            moved = 0 if w is None else self.tree.move_pid(w.pid, op.other)
+            self.stimulus(k.value, src=op.path, index=op.count, dst=op.other, moved=moved)
+        elif k is OpKind.SET_WEIGHT:
+            self.tree.set_weight(op.path, op.value)
+            self.stimulus(k.value, cgroup=op.path, weight=op.value)
         elif k is OpKind.SNAPSHOT:
             self.stimulus(k.value, name=op.path, status=snapshot(self.port, op.path))
         elif k is OpKind.BPF_WRITE:

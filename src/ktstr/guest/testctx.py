@@ -18,7 +18,8 @@ from typing import Any
 from ktstr.guest.scenario import Executor, bpf_write, session, snapshot
 from ktstr.protocol.messages import RunSummary
 from ktstr.spec.cpuset import CpusetSpec
-from ktstr.spec.scenario import CgroupDef, Scenario, resolve
+from ktstr.spec.plan import resolve
+from ktstr.spec.scenario import CgroupDef, Scenario
 from ktstr.spec.topology import Topology
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from ktstr.guest.work_types import NATIVE, Ctx, Shared, Stop, make_shared, make_step
 from ktstr.protocol.messages import MAX_LAT_SAMPLES, WorkerReport
 from ktstr.spec.ledger import WorkerId
-from ktstr.spec.scenario import PlanCgroup
+from ktstr.spec.plan import PlanCgroup
 from ktstr.spec.work import PolicyKind, SchedPolicy, Work, describe_work
 
 _libc = ctypes.CDLL(None, use_errno=True)

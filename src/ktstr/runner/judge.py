@@ -43,7 +43,7 @@ from ktstr.runner.snapshots import write_files
 from ktstr.runner.timeline import explaining, phases, timeline
 from ktstr.spec.checks import Thresholds, scaled, timing_scale
 from ktstr.spec.payload import KERNEL_NEEDS
-from ktstr.spec.scenario import Plan
+from ktstr.spec.plan import Plan
 from ktstr.spec.serde import to_data
 
 #: Longest a scheduler may take to attach, and the slack on top of it before

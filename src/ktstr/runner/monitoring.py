@@ -21,7 +21,7 @@ from ktstr.inspect.sample import Sample
 from ktstr.protocol.messages import KernAddrs
 from ktstr.spec.checks import Thresholds
 from ktstr.spec.ledger import cpu_groups
-from ktstr.spec.scenario import Plan
+from ktstr.spec.plan import Plan
 from ktstr.spec.serde import from_data
 
 log = logging.getLogger(__name__)

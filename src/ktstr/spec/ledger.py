@@ -16,7 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ktstr.spec.payload import Payload
-from ktstr.spec.scenario import OpKind, Plan, PlanCgroup, PlanOp
+from ktstr.spec.plan import Plan, PlanCgroup, PlanOp
+from ktstr.spec.scenario import OpKind
 from ktstr.spec.work import IDLE_WEIGHT, PolicyKind, WorkKind, nice_weight
 
 WorkerId = tuple[str, int]
@@ -171,6 +172,15 @@ class Ledger:
             self._refresh(op.other)
         elif k is OpKind.SPAWN:
             return Effect(spawn=(self._spawn(self.live[op.path], op.count, t),))
+        elif k is OpKind.MOVE_WORKER:
+            w = self.workers.get((op.path, op.count))
+            if w is None or w.stop_s is not None or w.cgroup != op.path:
+                return Effect()  # gone already: nothing moves
+            w.cgroup = op.other
+            self._refresh(op.other)
+            return Effect(moved=(w.id,))
+        elif k is OpKind.SET_WEIGHT:
+            self.live[op.path] = dataclasses.replace(self.live[op.path], weight=op.value)
         elif k is OpKind.MOVE_ALL:
             moved = self.running(op.path)
             for w in moved:
