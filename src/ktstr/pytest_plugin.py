@@ -16,7 +16,6 @@ skips those tests instead, each naming what the host lacks.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from ktstr.evaluate.verdict import Status
 from ktstr.host import kconfig
 from ktstr.host.kernel import Kernel, resolve_kernel
 from ktstr.host.qemu import find_qemu
-from ktstr.host.results import new_run_dir, results_root
+from ktstr.host.results import measured_costs, new_run_dir, results_root
 from ktstr.host.signals import terminate_like_interrupt
 from ktstr.host.slots import vcpu_slots
 from ktstr.report import (
@@ -291,20 +290,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _results_root(config: pytest.Config) -> Path:
     opt = config.getoption("ktstr_results")
     return Path(opt) if opt else results_root()
-
-
-def measured_costs(root: Path) -> dict[str, float]:
-    """Case id -> seconds from earlier sidecars (newest wins)."""
-    out: dict[str, float] = {}
-    if not root.is_dir():
-        return out
-    for path in sorted(root.glob("*/result.json")):
-        try:
-            doc = json.loads(path.read_text())
-            out[str(doc["test"])] = float(doc["durations"]["total_s"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return out
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,6 +3,7 @@ where a run failed, and leaves no QEMU, socket or temp dir behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -236,6 +237,40 @@ def test_signals_mid_run_clean_up(kernel, isolated, qemu_pids, case):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert word in err and "Traceback" not in err
+    assert qemu_pids(str(tmp)) == []
+    assert os.listdir(tmp) == []
+    assert not (isolated / "res").exists() or not any((isolated / "res").iterdir())
+
+
+def test_parallel_runs_overlap_and_sigterm_cleans_up_every_vm(kernel, isolated, qemu_pids):
+    """``ktstr run -j 2``: two VMs at once with progress lines; SIGTERM to
+    the parent reaches both children, and each cleans up its own VM."""
+    env = {"TMPDIR": str(isolated / "tmp"), "KTSTR_RESULTS": str(isolated / "ok")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ktstr", "run", "steady", "spread_out", "--duration", "1",
+         "--topology", "1n1l2c1t", "-j", "2"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "== [1/2] started steady" in done.stdout and "== [2/2 done] all done" in done.stdout
+    assert "time over 2 runs:" in done.stdout
+    docs = [json.loads(p.read_text()) for p in (isolated / "ok").glob("*/result.json")]
+    spans = sorted((d["durations"]["started_at"], d["durations"]["total_s"]) for d in docs)
+    assert len(spans) == 2 and spans[1][0] < spans[0][0] + spans[0][1], "the VMs did not overlap"
+
+    tmp = isolated / "tmp"
+    proc = run_cli("run", "steady", "steady", "--duration", "30", "--topology", "1n1l2c1t",
+                   "-j", "2", env={**env, "KTSTR_RESULTS": str(isolated / "res")},
+                   start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while len(qemu_pids(str(tmp))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(5)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
     assert qemu_pids(str(tmp)) == []
     assert os.listdir(tmp) == []
     assert not (isolated / "res").exists() or not any((isolated / "res").iterdir())

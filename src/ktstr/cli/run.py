@@ -17,6 +17,7 @@ from ktstr.host import kernel as kern
 from ktstr.host.results import (
     check_writable_dir,
     check_writable_file,
+    measured_costs,
     new_run_dir,
     results_root,
     write_private,
@@ -111,9 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for plan in plans:
         check_payload_tools(plan)
     scheds = [_scheduler_run(args, b.kernel) for b in bases]  # each kernel's own build
-    records = []
-    for base, sched in zip(bases, scheds, strict=True):
-        records += _run_on(args, base, sched, plans, root)
+    jobs = [
+        _Job(base, sched, plan, len(kernels) > 1)
+        for base, sched in zip(bases, scheds, strict=True)
+        for plan in plans
+        for _ in range(args.repeat)
+    ]
+    records, lost = _run_all(args, jobs, root)
     if args.ktap:
         sys.stdout.write(to_ktap(records))
     if args.junit:
@@ -128,6 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{len(failed)} of {len(records)} failed; re-run one with: "
             f"{_rerun_command(args, failed[0].scenario, failed[0].kernel, len(kernels) > 1)}"
         )
+    for line in lost:
+        print(f"ktstr: no result: {line}", file=sys.stderr)
+    if lost:
+        return 2  # the host could not carry a run through: not a verdict
     if failed and args.repeat > 1 and args.accept_flake_rate > 0:
         over = over_flake_rate(_trials(records), args.accept_flake_rate)
         print(
@@ -155,40 +164,59 @@ def pass_rates(records: list[RunRecord]) -> list[str]:
     ]
 
 
-def _run_on(
-    args: argparse.Namespace,
-    base: BootRequest,
-    sched: SchedulerRun | None,
-    plans: list[Plan],
-    root: Path,
-) -> list[RunRecord]:
-    """Every plan on one kernel, one VM each."""
-    label = f"{sched.name} {' '.join(sched.args)}".strip() if sched else "EEVDF (no scheduler)"
-    matrix = len(args.kernel or ()) > 1
-    records = []
-    for plan in [p for p in plans for _ in range(args.repeat)]:
-        print(
-            f"== {plan.scenario}: {base.topology} ({base.topology.cpus} vCPUs), "
-            f"{plan.duration_s:g}s, {label}"
-            + (f", kernel {base.kernel.version}" if matrix else ""),
-            flush=True,
-            file=sys.stderr if args.ktap else sys.stdout,
-        )
-        tag = f"-{base.kernel.version}" if matrix else ""
-        out_dir = new_run_dir(root, f"{plan.scenario}-{base.topology}{tag}")
-        rec = execute(
-            dataclasses.replace(base, name=plan.scenario),
-            plan,
-            sched,
-            _chain(SCENARIOS[plan.scenario], args),
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    base: BootRequest
+    sched: SchedulerRun | None
+    plan: Plan
+    matrix: bool  # several kernels: name the kernel
+
+    def describe(self) -> str:
+        s = self.sched
+        label = f"{s.name} {' '.join(s.args)}".strip() if s else "EEVDF (no scheduler)"
+        t = self.base.topology
+        return (f"{self.plan.scenario}: {t} ({t.cpus} vCPUs), {self.plan.duration_s:g}s, {label}"
+                + (f", kernel {self.base.kernel.version}" if self.matrix else ""))  # fmt: skip
+
+
+def _run_all(
+    args: argparse.Namespace, jobs: list[_Job], root: Path
+) -> tuple[list[RunRecord], list[str]]:
+    """Every job, one VM each, ``-j`` at a time, with progress lines."""
+    from ktstr.cli.jobs import Hooks, run_jobs
+
+    out = sys.stderr if args.ktap else sys.stdout
+    measured = measured_costs(root)  # scenario -> seconds its last run took here
+
+    def one(job: _Job) -> RunRecord:
+        tag = f"-{job.base.kernel.version}" if job.matrix else ""
+        out_dir = new_run_dir(root, f"{job.plan.scenario}-{job.base.topology}{tag}")
+        return execute(
+            dataclasses.replace(job.base, name=job.plan.scenario),
+            job.plan,
+            job.sched,
+            _chain(SCENARIOS[job.plan.scenario], args),
             out_dir,
             monitor_hz=None if args.no_monitor else args.monitor_hz,
         )
-        records.append(rec)
+
+    def done(job: _Job, rec: RunRecord) -> None:
         if not args.ktap:
-            print(to_text(rec))
-            print(f"result: {out_dir / 'result.json'}", flush=True)
-    return records
+            print(to_text(rec), file=out)
+            print(f"result: {Path(rec.artifacts_dir or root) / 'result.json'}", file=out)
+        out.flush()
+
+    def estimate(job: _Job) -> float:
+        return measured.get(job.plan.scenario, job.plan.duration_s + 10.0)
+
+    hooks = Hooks(
+        cpus=lambda j: j.base.topology.cpus,
+        describe=_Job.describe,
+        estimate=estimate,
+        on_start=lambda line: print(f"== {line}", file=out, flush=True),
+        on_done=done,
+    )
+    return run_jobs(jobs, one, hooks, parallel=args.jobs)
 
 
 def _rerun_command(
@@ -270,6 +298,14 @@ def add_run_parsers(sub: Any) -> None:
         default=1,
         metavar="N",
         help="run each scenario N times (N VMs): pass rates instead of retries",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=count(1, 64),
+        default=1,
+        metavar="N",
+        help="run N VMs at once (scenarios, repeats, kernels), within the shared vCPU budget",
     )
     p.add_argument(
         "--accept-flake-rate",

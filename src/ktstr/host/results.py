@@ -8,6 +8,7 @@ processes in the same second, never share one), created 0700; files are
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -87,3 +88,17 @@ def remove_if_unfinished(path: Path) -> None:
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
+
+
+def measured_costs(root: Path) -> dict[str, float]:
+    """Case id -> seconds from earlier sidecars (newest wins)."""
+    out: dict[str, float] = {}
+    if not root.is_dir():
+        return out
+    for path in sorted(root.glob("*/result.json")):
+        try:
+            doc = json.loads(path.read_text())
+            out[str(doc["test"])] = float(doc["durations"]["total_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
