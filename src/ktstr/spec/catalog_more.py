@@ -94,9 +94,10 @@ MORE: tuple[Scenario, ...] = (
         CgroupDef("pairs", workers=Size.per_llc(2), work=Work.pipe_io(),
                   affinity=Affinity(mode=AffinityMode.LLC_ALIGNED))),
     _of(PLACEMENT, "pinned_and_free",
-        "one pinned spinner per CPU plus free spinners: the free ones must not starve",
+        "one pinned and one free spinner per CPU: the free ones must not starve nor crowd "
+        "the pinned ones (a share a per-CPU queue reaches without constant migration)",
         CgroupDef("pinned", workers=ONE, affinity=Affinity(mode=AffinityMode.SINGLE_CPU)),
-        CgroupDef("free", workers=HALF)),
+        CgroupDef("free", workers=ONE)),
     _of(PLACEMENT, "random_affinity",
         "spinners each pinned to a random 2-CPU subset: max-min fair over overlapping sets",
         CgroupDef("subsets", workers=ONE,
