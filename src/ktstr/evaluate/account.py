@@ -267,13 +267,14 @@ def _match(
                 w.allowed,
                 w.planned_s,
                 w.affinity,
-                w.weight,
-                w.groups,
-                w.cpu_bound,
-                w.static,
-                w.start_s,
-                w.role,
-                w.opaque,
+                weight=w.weight,
+                groups=w.groups,
+                cpu_bound=w.cpu_bound,
+                static=w.static,
+                start_s=w.start_s,
+                role=w.role,
+                opaque=w.opaque,
+                end_cgroup=w.end_cgroup,
             )
         )
     return [Group(label + name, tuple(s)) for name, s in groups.items()], problems

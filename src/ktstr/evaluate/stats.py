@@ -31,12 +31,15 @@ class Sample:
     start_s: float = 0.0
     role: int = 0
     opaque: bool = False
+    end_cgroup: str = ""
 
     @property
     def terms(self) -> tuple[Any, ...]:
         """What it competes on: workers with equal terms (CPUs, pinning, part
-        they play, and when and how long they ran) should fare alike."""
-        return self.allowed, self.affinity, self.role, round(self.start_s, 3), self.planned_s
+        they play, when and how long they ran, where they ended) should fare
+        alike."""
+        return (self.allowed, self.affinity, self.role, round(self.start_s, 3), self.planned_s,
+                self.end_cgroup)  # fmt: skip
 
     @property
     def ok(self) -> bool:

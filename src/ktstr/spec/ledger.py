@@ -220,6 +220,8 @@ class ExpectedWorker:
     start_s: float = 0.0
     role: int = 0
     opaque: bool = False
+    #: The cgroup it ended in (a move changes it).
+    end_cgroup: str = ""
 
 
 #: Work that is runnable all the time: it wants a whole CPU.
@@ -279,6 +281,7 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
             start_s=w.start_s,
             role=w.spec.work.role(w.id[1]),
             opaque=w.spec.work.opaque,
+            end_cgroup=w.cgroup,
         )
         for w in ledger.workers.values()
     )
