@@ -138,9 +138,9 @@ def _parallel(
                 progress.spent.append(time.monotonic() - t0)
                 if rec is None:
                     lost.append(f"{hooks.describe(job)}: its process died (exit {proc.exitcode})")
-                    continue
-                results[i] = rec
-                hooks.on_done(job, rec)
+                else:
+                    results[i] = rec
+                    hooks.on_done(job, rec)
                 left = [j for _, j in pending]
                 eta = progress.eta(left, [(j, t) for _, j, _, t in running.values()], width)
                 hooks.on_start(f"[{progress.done}/{len(jobs)} done] " + (fmt_eta(eta) if left or

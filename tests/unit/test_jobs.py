@@ -1,0 +1,51 @@
+"""``ktstr run``'s job runner: order, progress lines, the time estimate, and
+parallel children (plain functions here; tests/vm runs VMs through it)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ktstr.cli.jobs import Hooks, Progress, fmt_eta, run_jobs
+
+
+def hooks(lines, done):
+    return Hooks(cpus=lambda j: 1, describe=lambda j: f"job{j}", estimate=lambda j: 1.0,
+                 on_start=lines.append, on_done=lambda j, r: done.append((j, r)))  # fmt: skip
+
+
+def test_sequential_runs_in_order_with_an_estimate_after_the_first():
+    lines, done = [], []
+    out, lost = run_jobs([1, 2, 3], lambda j: j * 10, hooks(lines, done))
+    assert out == [10, 20, 30] and lost == [] and done == [(1, 10), (2, 20), (3, 30)]
+    assert lines[0] == "[1/3] job1" and lines[1].startswith("[2/3] job2 (~")
+
+
+def slow(j):
+    t = time.monotonic()
+    time.sleep(0.3)
+    if j == 3:
+        os._exit(9)  # a child that dies without a result
+    return (j, os.getpid(), t, time.monotonic())
+
+
+def test_parallel_children_overlap_and_a_lost_one_is_named():
+    lines, done = [], []
+    out, lost = run_jobs([1, 2, 3, 4], slow, hooks(lines, done), parallel=2)
+    assert [r[0] for r in out] == [1, 2, 4] and len({r[1] for r in out}) == 3
+    assert os.getpid() not in {r[1] for r in out}
+    (_, _, a0, a1), (_, _, b0, b1) = out[:2]
+    assert b0 < a1 and a0 < b1  # jobs 1 and 2 ran at the same time
+    assert lost == ["job3: its process died (exit 9)"]
+    assert any("started job2 (2 running)" in ln for ln in lines)
+    assert lines[-1] == "[4/4 done] all done"
+
+
+def test_the_estimate_follows_the_measured_pace():
+    p = Progress(4, estimate=lambda j: 10.0)
+    assert p.eta([1, 2], [], 1) == pytest.approx(20.0)
+    p.spent += [30.0, 30.0]  # runs take 3x the estimate here
+    assert p.eta([1, 2], [], 2) == pytest.approx(30.0)
+    assert fmt_eta(75) == "~1m15s left" and fmt_eta(9.6) == "~10s left"
