@@ -161,7 +161,7 @@ def test_move_worker_moves_one_and_set_weight_changes_the_plan():
     w = owed(s)
     assert w["a", 0].allowed == (0, 1)  # stayed
     assert w["a", 1].allowed == ALL  # ran on both LLCs: a's, then b's
-    assert not w["a", 0].static  # the competition changed mid-run
+    assert not w["a", 0].terms.static  # the competition changed mid-run
     ledger = unfold(resolve(s, T, 4.0), ALL)
     assert ledger.workers["a", 1].cgroup == "b" and ledger.live["b"].weight == 400
 

@@ -2,6 +2,7 @@ import pytest
 
 from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, evaluate
 from ktstr.spec.checks import DEFAULTS, Scale, Thresholds, merge
+from ktstr.spec.ledger import Terms
 from tests.unit.fake_reports import error_report, group, worker_report
 
 ONLY = Thresholds(not_starved=False, isolation=False)  # switch the boolean defaults off
@@ -146,7 +147,7 @@ def spinners(*on_ms, cpus=(0,), static=True, cgroup="cg0", opaque=False):
 
     return Group(cgroup, tuple(
         Sample(worker_report(i, on_ms=ms, cpus=cpus, cgroup=cgroup), cpus, 2.0,
-               groups=((cgroup, 100),), cpu_bound=True, static=static, opaque=opaque)
+               how=Terms(groups=((cgroup, 100),), cpu_bound=True, static=static, opaque=opaque))
         for i, ms in enumerate(on_ms)
     ))  # fmt: skip
 
@@ -201,9 +202,9 @@ def test_spread_compares_only_workers_on_equal_terms():
     from ktstr.evaluate.stats import Group, Sample
 
     def two(**second):
-        first = Sample(worker_report(0, on_ms=1800), (0, 1), 2.0, static=True)
+        first = Sample(worker_report(0, on_ms=1800), (0, 1), 2.0, how=Terms(static=True))
         other = Sample(worker_report(1, on_ms=400), (0, 1), second.pop("planned", 2.0),
-                       static=True, **second)  # fmt: skip
+                       how=Terms(static=True, **second))  # fmt: skip
         return evaluate(RunData(groups=(Group("cg0", (first, other)),)), DEFAULTS)
 
     assert [f.check for f in two().failures] == ["fairness"]

@@ -262,20 +262,7 @@ def _match(
                 )
             )
         groups.setdefault(w.cgroup, []).append(
-            Sample(
-                r,
-                w.allowed,
-                w.planned_s,
-                w.affinity,
-                weight=w.weight,
-                groups=w.groups,
-                cpu_bound=w.cpu_bound,
-                static=w.static,
-                start_s=w.start_s,
-                role=w.role,
-                opaque=w.opaque,
-                end_cgroup=w.end_cgroup,
-            )
+            Sample(r, w.allowed, w.planned_s, w.affinity, w.terms)
         )
     return [Group(label + name, tuple(s)) for name, s in groups.items()], problems
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ktstr.protocol.messages import WorkerReport
+from ktstr.spec.ledger import Terms
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,23 +24,17 @@ class Sample:
     planned_s: float
     #: The CPUs the worker pins itself to, if the plan gives it an affinity.
     affinity: tuple[int, ...] | None = None
-    #: What the fairness oracle needs (spec/ledger.ExpectedWorker).
-    weight: float = 1024.0
-    groups: tuple[tuple[str, int], ...] = ()
-    cpu_bound: bool = False
-    static: bool = False
-    start_s: float = 0.0
-    role: int = 0
-    opaque: bool = False
-    end_cgroup: str = ""
+    #: How it competes (fairness judgements).
+    how: Terms = field(default_factory=Terms)
 
     @property
     def terms(self) -> tuple[Any, ...]:
         """What it competes on: workers with equal terms (CPUs, pinning, part
         they play, when and how long they ran, where they ended) should fare
         alike."""
-        return (self.allowed, self.affinity, self.role, round(self.start_s, 3), self.planned_s,
-                self.end_cgroup)  # fmt: skip
+        h = self.how
+        return (self.allowed, self.affinity, h.role, round(h.start_s, 3), self.planned_s,
+                h.end_cgroup)  # fmt: skip
 
     @property
     def ok(self) -> bool:

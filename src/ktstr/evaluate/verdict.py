@@ -193,7 +193,7 @@ def _cgroup_checks(
     ok = [s for s in samples if s.ok]
     # CPU-bound workers the share oracle judged are held to their own ideal;
     # the spread check keeps the rest
-    rest = [s for s in ok if not (oracle and s.cpu_bound)]
+    rest = [s for s in ok if not (oracle and s.how.cpu_bound)]
     spread_pct = spread(rest) if oracle else c.spread_pct
     if (
         t.max_spread_pct not in (None, False)
@@ -261,17 +261,17 @@ def _share(t: Thresholds, groups: tuple[Group, ...], payloads: bool) -> ShareSta
     """The fairness oracle over the whole run (evaluate/fairness.py): only
     where the competition was static and every CPU consumer is a worker."""
     samples = [(g.name, s) for g in groups for s in g.samples if s.ok]
-    if payloads or not samples or not all(s.static and not s.opaque for _, s in samples):
+    if payloads or not samples or not all(s.how.static and not s.how.opaque for _, s in samples):
         return None  # changing competition, or CPU use the reports cannot see
     if any(s.report.on_cpu_ms <= 0 and s.report.cpu_s <= 0 for _, s in samples):
         return None  # a report without CPU accounting measures no share
     keys = {f"{n}[{s.report.index}]": s for n, s in samples}
     workers = [
-        Competitor(k, s.cpus, s.weight, s.groups, 1.0 if s.cpu_bound else s.share)
+        Competitor(k, s.cpus, s.how.weight, s.how.groups, 1.0 if s.how.cpu_bound else s.share)
         for k, s in keys.items()
     ]
     actual: dict[Hashable, float] = {k: s.share for k, s in keys.items()}
-    judged = [k for k, s in keys.items() if s.cpu_bound]
+    judged = [k for k, s in keys.items() if s.how.cpu_bound]
     j = judge(workers, actual, judged, group_only=bool(t.cgroup_weights))
     if j is None:
         return None

@@ -17,7 +17,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from ktstr.guest.work_types import _SYS_FUTEX, Ctx, Shared, Step, _futex, _libc, _ns, _sleep, spin
+from ktstr.guest.work_types import (
+    _SYS_FUTEX,
+    Ctx,
+    Shared,
+    Step,
+    _futex,
+    _libc,
+    _ns,
+    _sleep,
+    fork_and_wait,
+    spin,
+)
 from ktstr.spec.work import Work, WorkKind
 
 _FUTEX_LOCK_PI, _FUTEX_UNLOCK_PI = 6, 7
@@ -144,23 +155,13 @@ def _fork_exec(ctx: Ctx) -> Step:
     """fork + exec of /bin/true and the wait for it: process churn."""
     true = "/bin/true" if os.path.exists("/bin/true") else "/usr/bin/true"
 
-    def step() -> None:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    def child() -> None:
         try:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
-                    os.execv(true, ["true"])
-                finally:
-                    os._exit(127)
+            os.execv(true, ["true"])
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        t = _ns()
-        os.waitpid(pid, 0)
-        ctx.tel.tick(blocked_ns=_ns() - t)
+            os._exit(127)
 
-    return step
+    return lambda: fork_and_wait(ctx, child)
 
 
 def _timer_periodic(ctx: Ctx) -> Step:

@@ -242,22 +242,28 @@ def _cache_pressure(ctx: Ctx) -> Step:
     return step
 
 
-def _fork_exit(ctx: Ctx) -> Step:
-    def step() -> None:
-        # The stop signal waits until after fork: raised inside an at-fork
-        # hook it would be ignored.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-        try:
-            pid = os.fork()
-            if pid == 0:
+def fork_and_wait(ctx: Ctx, child: Callable[[], None]) -> None:
+    """Fork, run ``child`` in the child (then exit), wait for it; one tick.
+    The stop signal waits until after fork: raised inside an at-fork hook
+    it would be ignored."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                child()
+            finally:
                 os._exit(0)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        t = _ns()
-        os.waitpid(pid, 0)
-        ctx.tel.tick(blocked_ns=_ns() - t)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    t = _ns()
+    os.waitpid(pid, 0)
+    ctx.tel.tick(blocked_ns=_ns() - t)
 
-    return step
+
+def _fork_exit(ctx: Ctx) -> Step:
+    return lambda: fork_and_wait(ctx, lambda: None)
 
 
 def _nice_sweep(ctx: Ctx) -> Step:

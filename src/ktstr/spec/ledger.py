@@ -198,6 +198,22 @@ class Ledger:
 
 
 @dataclass(frozen=True, slots=True)
+class Terms:
+    """How a worker competes, as the fairness judgements need it
+    (``evaluate/fairness.py``, the spread check)."""
+
+    weight: float = 1024.0  # its nice (or SCHED_IDLE) weight
+    #: The cgroups above it with their cpu.weight, outermost first.
+    groups: tuple[tuple[str, int], ...] = ()
+    cpu_bound: bool = False  # it wants a whole CPU
+    static: bool = False  # the run's competition was the same from start to end
+    start_s: float = 0.0  # when it started, seconds into the scenario
+    role: int = 0  # its part (``Work.role``)
+    opaque: bool = False  # CPU it causes escapes its accounting (``Work.opaque``)
+    end_cgroup: str = ""  # the cgroup it ended in (a move changes it)
+
+
+@dataclass(frozen=True, slots=True)
 class ExpectedWorker:
     """A worker the plan owes a report for, with what the host allows it."""
 
@@ -207,21 +223,8 @@ class ExpectedWorker:
     planned_s: float
     #: The CPUs it pins itself to (the plan's affinity for its index), if any.
     affinity: tuple[int, ...] | None = None
-    #: What the fairness oracle needs (evaluate/fairness.py): its nice
-    #: weight, the cgroups above it with their cpu.weight (outermost first),
-    #: whether it wants a whole CPU, and whether the run's competition was
-    #: the same from start to end.
-    weight: float = 1024.0
-    groups: tuple[tuple[str, int], ...] = ()
-    cpu_bound: bool = False
-    static: bool = False
-    #: When it started (s into the scenario), its part (``Work.role``), and
-    #: whether CPU it causes escapes its own accounting (``Work.opaque``).
-    start_s: float = 0.0
-    role: int = 0
-    opaque: bool = False
-    #: The cgroup it ended in (a move changes it).
-    end_cgroup: str = ""
+    #: How it competes, for the fairness judgements.
+    terms: Terms = field(default_factory=Terms)
 
 
 #: Work that is runnable all the time: it wants a whole CPU.
@@ -274,14 +277,16 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
             allowed=tuple(sorted(w.allowed)),
             planned_s=(w.stop_s or 0.0) - w.start_s,
             affinity=_affinity(w.spec, w.id[1]),
-            weight=_weight(w.spec),
-            groups=_groups(ledger, w.cgroup) if static else (),
-            cpu_bound=w.spec.work.kind in CPU_BOUND and w.spec.policy.kind in FAIR_POLICIES,
-            static=static,
-            start_s=w.start_s,
-            role=w.spec.work.role(w.id[1]),
-            opaque=w.spec.work.opaque,
-            end_cgroup=w.cgroup,
+            terms=Terms(
+                weight=_weight(w.spec),
+                groups=_groups(ledger, w.cgroup) if static else (),
+                cpu_bound=w.spec.work.kind in CPU_BOUND and w.spec.policy.kind in FAIR_POLICIES,
+                static=static,
+                start_s=w.start_s,
+                role=w.spec.work.role(w.id[1]),
+                opaque=w.spec.work.opaque,
+                end_cgroup=w.cgroup,
+            ),
         )
         for w in ledger.workers.values()
     )
