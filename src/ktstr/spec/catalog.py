@@ -154,6 +154,10 @@ CATALOG: tuple[Scenario, ...] = (
             CgroupDef(name="hogs", workers=2),
         ],
         "hackbench (process mode, sockets) beside CPU hogs in another cgroup",
+        # hackbench's message storms stack short-lived tasks on a few run
+        # queues for a second under EEVDF (seen at 8 CPUs: [4,3,4,2,6,1,2,3]);
+        # nr_running imbalance is no fault there
+        thresholds=Thresholds(max_imbalance=False),
     ),
     Scenario.of_defs(
         "cyclictest_noisy",
