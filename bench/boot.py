@@ -38,7 +38,20 @@ def ktstr_boot(req: BootRequest) -> dict[str, float]:
     done = time.monotonic() - t0
     t = run.timings
     assert t.kernel_start is not None and t.ready is not None and t.qemu_exit is not None
-    return {"kernel": t.kernel_start, "ready": t.ready, "exit": t.qemu_exit, "done": done}
+    out = {"kernel": t.kernel_start, "ready": t.ready, "exit": t.qemu_exit, "done": done}
+    ready = next(lc for _, lc in run.evidence.lifecycle if lc.phase == "ready")
+    steps = ready.detail.get("steps", {}) if isinstance(ready.detail, dict) else {}
+    up = ready.detail.get("uptime_s", 0.0) if isinstance(ready.detail, dict) else 0.0
+    marks = [("kernel boot, exec init, Python up", "python_up"),
+             ("ktstr's imports", "imports_done"), ("mounts", "mounts_done"),
+             ("private /tmp", "tmp_done"), ("virtio port open", "port_open")]  # fmt: skip
+    last = 0.0
+    for label, key in marks:
+        if isinstance(steps.get(key), int | float):
+            out[f"guest: {label}"] = float(steps[key]) - last
+            last = float(steps[key])
+    out["guest: first frames"] = up - last
+    return out
 
 
 def main() -> None:
@@ -72,6 +85,10 @@ def main() -> None:
     print(f"  QEMU start -> cleanup done   {med['done']:6.2f} s")
     print(f"  raw boot (init=/bin/true)    {raw:6.2f} s  (QEMU start -> QEMU exit)")
     print(f"  ratio ktstr/raw              {med['done'] / raw:6.2f} x")
+    print("inside the guest (seconds since the kernel started, step by step):")
+    for k, v in med.items():
+        if k.startswith("guest: "):
+            print(f"  {k[7:]:32} {v:6.2f} s")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,13 @@ under emulation, where every avoided import is boot time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time as _time
+
+#: When the package was first imported, in seconds since the kernel started:
+#: in the guest, where Python's own start ends and ktstr's imports begin.
+IMPORTED_AT = _time.clock_gettime(_time.CLOCK_BOOTTIME)
+
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import ktstr
 from ktstr.protocol.frames import FrameDecoder
 from ktstr.protocol.messages import (
     BpfWrite,
@@ -296,21 +297,30 @@ def power_off() -> None:
     os._exit(1)
 
 
+def _uptime() -> float:
+    """Seconds since the kernel started (what /proc/uptime says, without /proc)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def main() -> None:
     os.environ.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     os.environ["PATH"] = os.environ["PATH"] or "/usr/bin:/bin"
     port: Port | None = None
     code = 1
+    steps = {"python_up": ktstr.IMPORTED_AT, "imports_done": _uptime()}
     try:
         failed_mounts = mount_all()
+        steps["mounts_done"] = _uptime()
         job = json.loads(Path(RUN_MOUNT, "job.json").read_text())
         private_tmp(own_paths() + [str(p) for p in job.get("host_paths", [])])
+        steps["tmp_done"] = _uptime()
         port = Port(open_port())
+        steps["port_open"] = _uptime()
         port.send(port.enc.sys_ready())
         addrs = kern_addrs()
         if addrs is not None:
             port.send(port.enc.message(addrs))
-        uptime = float(_read("/proc/uptime").split()[0])
+        uptime = _uptime()
         port.send(
             port.enc.message(
                 Lifecycle(
@@ -319,6 +329,7 @@ def main() -> None:
                         "uptime_s": uptime,
                         "mount_warnings": failed_mounts,
                         "kernel": os.uname().release,
+                        "steps": {k: round(v, 4) for k, v in steps.items()},
                     },
                 )
             )
