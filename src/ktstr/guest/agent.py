@@ -16,12 +16,10 @@ import glob
 import json
 import os
 import select
-import subprocess
 import sys
 import termios
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -215,6 +213,8 @@ def _pump(stream: BinaryIO, port: Port, kind: MessageKind) -> None:
 
 
 def run_exec(port: Port, command: str) -> int:
+    import subprocess  # not on the boot path: every import costs boot time under TCG
+
     proc = subprocess.Popen(
         ["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/tmp"
     )
@@ -336,6 +336,8 @@ def main() -> None:
         )
         code = do_job(port, job)
     except BaseException as exc:
+        import traceback  # only a crash needs it
+
         tb = traceback.format_exc()
         print(f"ktstr agent: {exc!r}\n{tb}", file=sys.stderr, flush=True)
         error = f"{type(exc).__name__}: {exc}"[:4000]
