@@ -180,3 +180,24 @@ def test_bad_worker_and_weight_ops_are_refused_before_boot(op, message):
     )
     with pytest.raises(ConfigError, match=message):
         resolve(s, T, 1.0)
+
+
+def test_a_snapshot_mid_run_leaves_the_competition_static():
+    s = Scenario(
+        name="snap",
+        description="",
+        steps=(
+            Step(ops=(Op.add(CgroupDef("a", workers=2)),), hold=HoldSpec.fraction(0.5)),
+            Step(ops=(Op.snapshot("mid"),), hold=HoldSpec.fraction(0.5)),
+        ),
+    )
+    assert all(w.terms.static for w in owed(s).values())
+    late = Scenario(
+        name="late",
+        description="",
+        steps=(
+            Step(ops=(Op.add(CgroupDef("a", workers=2)),), hold=HoldSpec.fraction(0.5)),
+            Step(ops=(Op.add(CgroupDef("b")),), hold=HoldSpec.fraction(0.5)),
+        ),
+    )
+    assert not any(w.terms.static for w in owed(late).values())

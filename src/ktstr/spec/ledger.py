@@ -143,7 +143,7 @@ class Ledger:
     def apply(self, op: PlanOp, t: float) -> Effect:
         """Apply one op at planned time ``t`` (seconds into the scenario)."""
         k = op.kind
-        if t > 0 or k not in (OpKind.ADD_CGROUP, OpKind.SNAPSHOT, OpKind.BPF_WRITE):
+        if k not in (OpKind.SNAPSHOT, OpKind.BPF_WRITE) and (t > 0 or k is not OpKind.ADD_CGROUP):
             self.dynamic = True
         if k is OpKind.ADD_CGROUP:
             spawns, started = [], []
