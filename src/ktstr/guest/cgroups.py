@@ -78,8 +78,17 @@ class CgroupTree:
     def set_cpus(self, name: str, cpus: tuple[int, ...] | None) -> None:
         text = "" if cpus is None else ",".join(map(str, cpus))
         cpuset = self.path(name) / "cpuset.cpus"
-        if cpuset.exists():
+        if not cpuset.exists():
+            return
+        try:
             _write(cpuset, text if text else "\n")
+        except OSError as exc:
+            # Linux 6.12 refuses to empty the cpuset of a populated cgroup
+            # (ENOSPC); inheriting is then spelled as the parent's CPUs.
+            if text or exc.errno != errno.ENOSPC:
+                raise
+            parent = (cpuset.parent.parent / "cpuset.cpus.effective").read_text().strip()
+            _write(cpuset, parent)
 
     def cpus(self, name: str) -> str:
         f = self.path(name) / "cpuset.cpus.effective"
