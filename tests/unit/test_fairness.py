@@ -71,7 +71,7 @@ def test_judgement_takes_the_lower_ideal_and_names_the_worst():
     assert j is not None and min(j.ratios.values()) > 0.6  # fine under either model
     starved = {("a", 0): 0.05, ("a", 1): 0.45, ("b", 0): 0.5}
     j = judge(a + b, starved, starved)
-    assert j.worst == ("a", 0) and j.ideal == pytest.approx(0.25) and j.worst_ratio < 0.25
+    assert j.worst == ("a", 0) and j.ideal == pytest.approx(0.25) and j.ratios[j.worst] < 0.25
     by_group = judge(a + b, actual, actual, group_only=True)
     assert by_group.worst == ("b", 0) and by_group.ideal == pytest.approx(0.5)
 

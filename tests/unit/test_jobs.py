@@ -44,7 +44,7 @@ def test_parallel_children_overlap_and_a_lost_one_is_named():
 
 
 def test_the_estimate_follows_the_measured_pace():
-    p = Progress(4, estimate=lambda j: 10.0)
+    p = Progress(estimate=lambda j: 10.0)
     assert p.eta([1, 2], [], 1) == pytest.approx(20.0)
     p.spent += [30.0, 30.0]  # runs take 3x the estimate here
     assert p.eta([1, 2], [], 2) == pytest.approx(30.0)

@@ -33,7 +33,6 @@ CLEANUP_S = 60.0
 class Progress(Generic[J]):
     """Counts and measured durations for the ETA."""
 
-    total: int
     estimate: Callable[[J], float]
     done: int = 0
     spent: list[float] = field(default_factory=list)
@@ -73,7 +72,7 @@ def run_jobs(
 ) -> tuple[list[R], list[str]]:
     """Run every job, ``parallel`` at a time; results in job order, and the
     jobs whose process died without a result."""
-    progress: Progress[J] = Progress(len(jobs), hooks.estimate)
+    progress: Progress[J] = Progress(hooks.estimate)
     if parallel <= 1:
         out = []
         for i, job in enumerate(jobs):

@@ -134,7 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{_rerun_command(args, failed[0].scenario, failed[0].kernel, len(kernels) > 1)}"
         )
     for line in lost:
-        print(f"ktstr: no result: {line}", file=sys.stderr)
+        print(f"ktstr: no result: {line}; hint: run that scenario alone (without -j) to see why",
+              file=sys.stderr)  # fmt: skip
     if lost:
         return 2  # the host could not carry a run through: not a verdict
     if failed and args.repeat > 1 and args.accept_flake_rate > 0:

@@ -25,7 +25,6 @@ share they actually used.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,10 +161,6 @@ class ShareJudgement:
     actual: float
     ideal: float
 
-    @property
-    def worst_ratio(self) -> float:
-        return self.ratios[self.worst]
-
 
 def judge(
     workers: Sequence[Competitor],
@@ -191,10 +186,3 @@ def judge(
         return None
     worst = min(ratios, key=lambda k: (ratios[k], str(k)))
     return ShareJudgement(ratios, worst, actual.get(worst, 0.0), ideals[worst])
-
-
-def p10(values: Iterable[float]) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.inf
-    return ordered[max(0, math.ceil(0.1 * len(ordered)) - 1)]

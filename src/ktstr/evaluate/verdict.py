@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ktstr.evaluate.fairness import Competitor, judge, p10
+from ktstr.evaluate.fairness import Competitor, judge
 from ktstr.evaluate.payloads import PayloadResult, payload_findings
 from ktstr.evaluate.stats import (
     CgroupStats,
@@ -275,7 +275,9 @@ def _share(t: Thresholds, groups: tuple[Group, ...], payloads: bool) -> ShareSta
     j = judge(workers, actual, judged, group_only=bool(t.cgroup_weights))
     if j is None:
         return None
-    return ShareStats(str(j.worst), j.actual, j.ideal, p10(j.ratios.values()), len(j.ratios))
+    return ShareStats(
+        str(j.worst), j.actual, j.ideal, percentile(list(j.ratios.values()), 10), len(j.ratios)
+    )
 
 
 def _share_check(t: Thresholds, share: ShareStats | None) -> list[Finding]:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 
 from ktstr.guest.work_types import (
-    _SYS_FUTEX,
     Ctx,
     Shared,
     Step,
@@ -197,9 +196,8 @@ def _pi_lock(ctx: Ctx) -> Step:
 
     def lock() -> None:
         while True:
-            deadline = time.time() + 0.1  # absolute CLOCK_REALTIME, as LOCK_PI wants
-            ts = struct.pack("<qq", int(deadline), int(deadline % 1 * 1e9))
-            ret = _libc_futex(addr, _FUTEX_LOCK_PI, ts)
+            deadline_ns = time.time_ns() + 100_000_000  # absolute CLOCK_REALTIME for LOCK_PI
+            ret = _futex(addr, _FUTEX_LOCK_PI, 0, deadline_ns)
             if ret == 0:
                 return
             err = ctypes.get_errno()
@@ -216,18 +214,13 @@ def _pi_lock(ctx: Ctx) -> Step:
             lock()
             got = _ns()
             busy(hold)
-            _libc_futex(addr, _FUTEX_UNLOCK_PI, None)
+            _futex(addr, _FUTEX_UNLOCK_PI, 0)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         ctx.tel.latency(got - t)
         ctx.tel.tick(blocked_ns=got - t)
 
     return step
-
-
-def _libc_futex(addr: int, op: int, ts: bytes | None) -> int:
-    tsp = ctypes.c_char_p(ts) if ts else None
-    return int(_libc.syscall(_SYS_FUTEX, ctypes.c_void_p(addr), op, 0, tsp, None, 0))
 
 
 def _memory_bw(ctx: Ctx) -> Step:
