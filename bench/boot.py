@@ -7,6 +7,9 @@ kernel, topology and QEMU argv whose init is /bin/true (the kernel panics
 when it exits and QEMU quits), and the ratio (ktstr's overhead).
 
     .venv/bin/python bench/boot.py [--topology 1n2l2c1t] [--runs 3]
+
+``--sweep`` instead boots each preset size once (4 to 252 vCPUs) and prints
+the time to agent ready next to the guest memory and boot budget it got.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from ktstr.host.kernel import resolve_kernel
 from ktstr.host.vm import Vm
 from ktstr.runner import BootRequest, prepare, run_guest
-from ktstr.spec.topology import Topology
+from ktstr.spec.topology import PRESETS, Topology
 
 
 def raw_boot(req: BootRequest) -> float:
@@ -54,12 +57,38 @@ def ktstr_boot(req: BootRequest) -> dict[str, float]:
     return out
 
 
+SWEEP = ("tiny-2llc", "wide-1llc", "numa4-smt-8llc", "numa2-smt-12llc",
+         "numa4-smt-12llc", "huge-14llc")  # fmt: skip
+
+
+def sweep(kernel: str | None) -> None:
+    """One probe boot per preset size: what the largest topologies cost here."""
+    k = resolve_kernel(kernel)
+    print(f"kernel {k.version}; one probe boot per size")
+    print(f"{'preset':17} {'vCPUs':>5} {'memory':>8} {'budget':>7} {'kernel':>7} {'ready':>7}")
+    for name in SWEEP:
+        topo = PRESETS[name].topology
+        req = BootRequest(kernel=k, topology=topo, job={"mode": "probe"})
+        spec, accel, _, _ = prepare(req)
+        budget = accel.boot_budget(topo.cpus)
+        o = ktstr_boot(req)
+        print(
+            f"{name:17} {topo.cpus:5d} {spec.effective_memory_mb:6d}MB {budget:6.0f}s "
+            f"{o['kernel']:6.1f}s {o['ready']:6.1f}s  ({accel.describe()})",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--topology", default="1n2l2c1t")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--kernel")
+    ap.add_argument("--sweep", action="store_true", help="time to ready per preset size")
     args = ap.parse_args()
+    if args.sweep:
+        sweep(args.kernel)
+        return
     topo = Topology.parse(args.topology)
     req = BootRequest(kernel=resolve_kernel(args.kernel), topology=topo, job={"mode": "probe"})
     _, accel, qemu, _ = prepare(req)

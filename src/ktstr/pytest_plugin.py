@@ -355,7 +355,6 @@ def run_case(spec: TestSpec, case: Case) -> None:
         sched,
     )
     accel = config.getoption("ktstr_accel")
-    boot_timeout = 120.0
     req = BootRequest(
         kernel=kernel,
         topology=case.topology,
@@ -363,10 +362,9 @@ def run_case(spec: TestSpec, case: Case) -> None:
         memory_mb=spec.memory_mb,
         accel=None if accel == "auto" else accel,
         name=spec.name,
-        boot_timeout=boot_timeout,
         scenario_s=spec.duration_s,
         ready_timeout=min(spec.timeout_s, ATTACH_TIMEOUT + READY_SLACK + 60.0),
-        hard_cap=boot_timeout + spec.timeout_s,
+        hard_cap=spec.timeout_s,  # after the boot budget (with_boot_budget)
     )
     test_id = case.id if config.getoption("gauntlet") else f"{spec.name}[{_case_id(case, False)}]"
     expect = Expectation(

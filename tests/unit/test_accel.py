@@ -4,6 +4,7 @@ import pytest
 
 from ktstr.errors import QemuError
 from ktstr.host import qemu as q
+from ktstr.host.qemu import AccelChoice, tcg_lpj
 from ktstr.host.qemu_argv import Accel
 
 NEW = q.QemuInfo("/usr/bin/qemu-system-x86_64", (10, 0, 2))
@@ -74,3 +75,39 @@ def test_forced_kvm_without_access_is_an_error(monkeypatch):
 )
 def test_parse_version(text, version):
     assert q.parse_version(text) == version
+
+
+def test_tcg_lpj_is_one_jiffy_of_the_host_clock(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu MHz\t\t: 2596.144\n\nprocessor\t: 1\ncpu MHz\t: 2400.0\n")
+    assert tcg_lpj(1000, info) == 2596144  # the fastest CPU, HZ=1000
+    assert tcg_lpj(250, info) == 10384576
+    info.write_text("processor\t: 0\n")  # no frequency: no preset, the kernel measures
+    assert tcg_lpj(1000, info) is None
+    assert tcg_lpj(1000, tmp_path / "missing") is None
+
+
+def test_boot_budget_scales_with_vcpus_and_serialization():
+    kvm = AccelChoice(Accel.KVM, False, "")
+    mt = AccelChoice(Accel.TCG, True, "")
+    st = AccelChoice(Accel.TCG, False, "")
+    for a in (kvm, mt, st):
+        sizes = [a.boot_budget(n) for n in (4, 16, 64, 252)]
+        assert sizes == sorted(sizes) and sizes[0] >= 60
+    # one TCG thread: measured 456 s to ready at 64 vCPUs here; the budget has room
+    assert st.boot_budget(64) > 3 * 456 * 0.9
+    assert st.boot_budget(4) < 120 and mt.boot_budget(252) < st.boot_budget(64)
+
+
+def test_auto_boot_timeout_extends_the_hard_cap_by_the_same_budget(tmp_path):
+    from ktstr.host.kernel import Kernel
+    from ktstr.runner.boot import BootRequest, with_boot_budget
+    from ktstr.spec.topology import Topology
+
+    k = Kernel(directory=tmp_path, image=tmp_path / "vmlinux", config_text=None, version="x")
+    st = AccelChoice(Accel.TCG, False, "")
+    req = BootRequest(kernel=k, topology=Topology.parse("1n1l4c1t"), job={}, hard_cap=100.0)
+    got = with_boot_budget(req, st)
+    assert got.boot_timeout == st.boot_budget(4) and got.hard_cap == 100.0 + got.boot_timeout
+    fixed = BootRequest(kernel=k, topology=req.topology, job={}, boot_timeout=9.0, hard_cap=100.0)
+    assert with_boot_budget(fixed, st) is fixed

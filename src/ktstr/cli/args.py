@@ -89,7 +89,13 @@ def add_vm_args(
         metavar="MB",
         help="guest RAM (default: auto)",
     )
-    p.add_argument("--boot-timeout", type=finite(), default=120.0, metavar="S")
+    p.add_argument(
+        "--boot-timeout",
+        type=finite(),
+        default=0.0,
+        metavar="S",
+        help="QEMU start to agent ready (default: scaled with vCPUs and accelerator)",
+    )
     p.add_argument(
         "--kaslr",
         action="store_true",

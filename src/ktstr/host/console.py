@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import re
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -31,6 +32,9 @@ class Console:
         self.panic = threading.Event()
         self.panic_line = ""
         self.error: BaseException | None = None
+        #: time.monotonic() of the guest's first console output: an upper
+        #: bound on when its kernel started, whatever the guest's clock says.
+        self.first_output_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="ktstr-console", daemon=True)
 
     def start(self) -> None:
@@ -39,6 +43,8 @@ class Console:
     def _run(self) -> None:
         try:
             while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
+                if self.first_output_at is None:
+                    self.first_output_at = time.monotonic()
                 self.log.write(chunk)
                 self.log.flush()
                 self._absorb(chunk)

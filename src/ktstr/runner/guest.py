@@ -46,7 +46,7 @@ from ktstr.protocol.messages import (
     Lifecycle,
     MessageKind,
 )
-from ktstr.runner.boot import BootRequest, GuestRun, prepare
+from ktstr.runner.boot import BootRequest, GuestRun, prepare, with_boot_budget
 from ktstr.runner.monitoring import MonitorRun
 from ktstr.runner.snapshots import SnapshotRun
 
@@ -71,6 +71,7 @@ def run_guest(
     raises, or when ``keep_if(run)`` says the finished run failed. A VmError
     carries what was collected before it in ``partial``."""
     spec, accel, qemu, warnings = prepare(req)
+    req = with_boot_budget(req, accel)
     log.info("accelerator: %s", accel.describe())
     for attempt in range(1, BOOT_ABORT_ATTEMPTS + 1):
         out = GuestRun(accel=accel, qemu=qemu, warnings=list(warnings))
@@ -150,6 +151,7 @@ def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) ->
         vm.shutdown(hard=True)
         out.timings.qemu_exit = time.monotonic() - vm.launched_at
     finally:
+        _kernel_start(vm, out)
         out.warnings += texts.close()
         out.snapshots.close()
         out.warnings += out.snapshots.notes
@@ -157,6 +159,17 @@ def _drive(vm: Vm, req: BootRequest, out: GuestRun, on_text: TextSink | None) ->
             out.monitor.stop()
             if out.monitor.note:
                 out.warnings.append(out.monitor.note)
+
+
+def _kernel_start(vm: Vm, out: GuestRun) -> None:
+    """The guest's uptime at ready dates its kernel's start, but a guest
+    clock runs slow when TCG emulates many vCPUs on few host CPUs; its first
+    console output is then the closer (and never early) bound."""
+    first = vm.console.first_output_at if vm.console is not None else None
+    if first is not None:
+        seen = first - vm.launched_at
+        est = out.timings.kernel_start
+        out.timings.kernel_start = seen if est is None else min(est, seen)
 
 
 def _accept(out: GuestRun, texts: _TextFiles, frame: Any, rel: float) -> Any:
