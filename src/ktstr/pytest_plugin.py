@@ -52,7 +52,7 @@ from ktstr.runner import (
     with_scheduler,
 )
 from ktstr.runner.judge import ATTACH_TIMEOUT, READY_SLACK
-from ktstr.spec.checks import DEFAULTS, merge
+from ktstr.spec.checks import defaults_for, merge
 from ktstr.spec.gauntlet import Case, expand, select_for_budget, static_estimate
 from ktstr.spec.scheduler import Profile, Scheduler
 
@@ -374,7 +374,8 @@ def run_case(spec: TestSpec, case: Case) -> None:
         max_scenario_s=spec.duration_s,
         scheduler=sched is not None,
     )
-    thresholds = merge(DEFAULTS, scheduler.thresholds if scheduler else None, spec.thresholds)
+    sched_layer = scheduler.thresholds if scheduler else None
+    thresholds = merge(defaults_for(sched is not None), sched_layer, spec.thresholds)
     try:
         with vcpu_slots(case.topology.cpus, config.getoption("ktstr_vcpu_budget")):
             out = new_run_dir(_results_root(config), test_id)

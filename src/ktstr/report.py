@@ -20,7 +20,7 @@ from typing import Any
 
 from ktstr.evaluate.payloads import PayloadResult
 from ktstr.evaluate.stats import format_stats
-from ktstr.evaluate.verdict import Status, Verdict
+from ktstr.evaluate.verdict import SHAPE_CHECKS, Status, Verdict
 from ktstr.evaluate.verifier import Program, as_json
 from ktstr.evaluate.verifier import summary as verifier_summary
 
@@ -208,6 +208,8 @@ def to_text(rec: RunRecord) -> str:
     lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {kernel}{accel}]"]
     lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
     lines += format_stats(v.stats)
+    lines += [f"  {f.check}: {f.message}" for f in v.findings
+              if f.cls == "info" and f.check in SHAPE_CHECKS]  # fmt: skip
     lines += payload_lines(v)
     if rec.verifier:
         lines.append(verifier_summary(rec.verifier))

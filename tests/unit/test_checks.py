@@ -19,7 +19,16 @@ def test_defaults_are_ktstrs():
         "max_idle_waiting_ms": 100.0,
         "monitor_sustain": 5.0,
         "sched_watchdog_s": 5.0,
+        "max_bandwidth_pct": 10.0,  # a cpu.max-limited cgroup's excess over its quota
     }
+
+
+def test_sched_ext_defaults_do_not_expect_cpu_max_to_bind():
+    from ktstr.spec.checks import defaults_for
+
+    assert defaults_for(sched_ext=False) == DEFAULTS
+    sx = defaults_for(sched_ext=True)
+    assert sx.max_bandwidth_pct is False and sx.merged(DEFAULTS) == DEFAULTS
 
 
 def test_merge_chain_override_disable_inherit():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ktstr.protocol.frames import (
     HEADER_SIZE,
     MAGIC,
+    PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
     decode_all,
@@ -193,7 +194,7 @@ def test_encode_rejects_bad_kind(kind):
 def test_stats_classify_rejections():
     good = encode_frame(MessageKind.EXIT, b'{"code":0}', 9)
     v2 = bytearray(encode_frame(MessageKind.EXIT, b"{}", 1))
-    v2[4] = 2  # another protocol version, header CRC made valid again
+    v2[4] = PROTOCOL_VERSION + 1  # another protocol version, header CRC made valid again
     v2[20:24] = struct.pack("<I", zlib.crc32(bytes(v2[:20])))
     corrupt_big = bytearray(encode_frame(MessageKind.STDOUT, b"", 2))
     corrupt_big[12:16] = struct.pack("<I", 10**9)  # huge length, header CRC now wrong

@@ -170,7 +170,8 @@ def test_move_worker_moves_one_and_set_weight_changes_the_plan():
     ("op", "message"),
     [(Op.move_worker("a", 2, "b"), "one of a's 2 first workers"),
      (Op.move_worker("a", 0, "a"), "needs another cgroup"),
-     (Op.set_weight("a", 0), "weight must be 1..10000")],
+     (Op.set_weight("a", 0), "weight must be 1..10000"),
+     (Op.set_cpu_max("z", 1.0), "z")],
 )  # fmt: skip
 def test_bad_worker_and_weight_ops_are_refused_before_boot(op, message):
     s = Scenario(
@@ -201,3 +202,46 @@ def test_a_snapshot_mid_run_leaves_the_competition_static():
         ),
     )
     assert not any(w.terms.static for w in owed(late).values())
+
+
+def test_cpu_max_reaches_the_plan_the_ledger_and_static_terms():
+    s = Scenario.of_defs("bw", [CgroupDef("a", workers=2, cpu_max=1.5), CgroupDef("b")])
+    w = owed(s)
+    assert w["a", 0].terms.cpu_max == 1.5 and w["b", 0].terms.cpu_max == 0.0
+    change = Scenario(
+        name="bw2",
+        description="",
+        steps=(
+            Step(ops=(Op.add(CgroupDef("a", workers=2, cpu_max=2)),), hold=HoldSpec.fraction(0.5)),
+            Step(ops=(Op.set_cpu_max("a", 0.25),), hold=HoldSpec.fraction(0.5)),
+        ),
+    )
+    ledger = unfold(resolve(change, T, 4.0), ALL)
+    assert ledger.live["a"].cpu_max == 0.25
+    assert owed(change)["a", 0].terms.cpu_max == 0.0  # changed mid-run: not judged
+
+
+@pytest.mark.parametrize("bad", [-1, 0.001, float("nan"), True, 10_000])
+def test_bad_cpu_max_is_refused_with_its_cgroup(bad):
+    with pytest.raises(ConfigError, match="cgroup a: cpu_max"):
+        CgroupDef("a", cpu_max=bad)
+    with pytest.raises(ConfigError, match="set_cpu_max a"):
+        Op.set_cpu_max("a", bad)
+
+
+def test_a_kernel_without_cfs_bandwidth_skips_cpu_max_scenarios(tmp_path):
+    """Linux 6.12 as shared here has no CONFIG_CFS_BANDWIDTH: cpu.max does not
+    exist there, so such a scenario is a SKIP that names the option."""
+    from ktstr.evaluate.verdict import Status
+    from ktstr.host.kernel import Kernel
+    from ktstr.runner import BootRequest, execute
+    from ktstr.spec.catalog import SCENARIOS
+    from ktstr.spec.checks import DEFAULTS
+
+    config = "CONFIG_SCHED_CLASS_EXT=y\n# CONFIG_CFS_BANDWIDTH is not set\n"
+    k = Kernel(directory=tmp_path, image=tmp_path / "vmlinux", version="6.12.0", config_text=config)
+    for name in ("bandwidth_cap", "bandwidth_change"):
+        rec = execute(BootRequest(kernel=k, topology=T, job={}), resolve(SCENARIOS[name], T),
+                      None, DEFAULTS, tmp_path / name)  # fmt: skip
+        assert rec.status is Status.SKIP
+        assert "lacks CONFIG_CFS_BANDWIDTH (cgroup cpu.max)" in rec.verdict.findings[0].message

@@ -1,7 +1,7 @@
 import pytest
 
 from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, evaluate
-from ktstr.spec.checks import DEFAULTS, Scale, Thresholds, merge
+from ktstr.spec.checks import DEFAULTS, Scale, Thresholds, defaults_for, merge
 from ktstr.spec.ledger import Terms
 from tests.unit.fake_reports import error_report, group, worker_report
 
@@ -142,12 +142,13 @@ def test_scale_widens_timing_checks():
     assert evaluate(data, DEFAULTS, Scale(4.0, "TCG x4")).status is Status.PASS
 
 
-def spinners(*on_ms, cpus=(0,), static=True, cgroup="cg0", opaque=False):
+def spinners(*on_ms, cpus=(0,), static=True, cgroup="cg0", opaque=False, cpu_max=0.0):
     from ktstr.evaluate.stats import Group, Sample
 
     return Group(cgroup, tuple(
         Sample(worker_report(i, on_ms=ms, cpus=cpus, cgroup=cgroup), cpus, 2.0,
-               how=Terms(groups=((cgroup, 100),), cpu_bound=True, static=static, opaque=opaque))
+               how=Terms(groups=((cgroup, 100),), cpu_bound=True, static=static, opaque=opaque,
+                         cpu_max=cpu_max))
         for i, ms in enumerate(on_ms)
     ))  # fmt: skip
 
@@ -210,3 +211,25 @@ def test_spread_compares_only_workers_on_equal_terms():
     assert [f.check for f in two().failures] == ["fairness"]
     assert two(role=1).failures == ()
     assert two(start_s=1.0, planned=1.0).failures == ()
+
+
+def test_cpu_max_caps_the_ideal_and_binds_where_the_scheduler_enforces_it():
+    """Two CPUs, 2 spinners capped at 0.5 CPU together, 2 free ones."""
+    cpus = (0, 1)
+    capped = spinners(500, 500, cpus=cpus, cgroup="capped", cpu_max=0.5)
+    free = spinners(1500, 1500, cpus=cpus, cgroup="free")
+    held = evaluate(RunData(groups=(capped, free)), DEFAULTS)
+    assert held.status is Status.PASS, held.failures
+    assert held.stats.share.p10_ratio > 0.9  # the free ones' ideal is the rest: 0.75 each
+    (bw,) = [f for f in held.findings if f.check == "bandwidth"]
+    assert bw.cls == "info" and bw.evidence["used_cpus"] == pytest.approx(0.5)
+    over = spinners(1000, 1000, cpus=cpus, cgroup="capped", cpu_max=0.5)  # 1 CPU of 0.5
+    fair_split = spinners(1000, 1000, cpus=cpus, cgroup="free")
+    broke = evaluate(RunData(groups=(over, fair_split)), DEFAULTS)
+    assert "bandwidth" in checks(broke)
+    # under sched_ext cpu.max binds only if the scheduler implements it
+    sx = evaluate(RunData(groups=(over, fair_split)), defaults_for(sched_ext=True))
+    assert sx.status is Status.PASS and sx.stats.share.ideal == pytest.approx(0.5)
+    assert any("not judged for capped" in f.message for f in sx.findings)
+    on = merge(defaults_for(sched_ext=True), Thresholds(max_bandwidth_pct=10.0))
+    assert "bandwidth" in checks(evaluate(RunData(groups=(over, fair_split)), on))

@@ -4,6 +4,7 @@ in for cgroup.procs). The guest runs the same code."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,6 +194,9 @@ def test_churn_and_memory_kinds_count_their_units(tmp_path, work, units_per_iter
     assert r.iterations > 3 and r.work_units == units_per_iter * r.iterations
     if work.kind.value == "thread_storm":
         assert r.wake_samples == r.iterations  # creation to first run, per thread
+    # only memory_bw knows its memory's node: one this host has
+    nodes = {int(p.name[4:]) for p in Path("/sys/devices/system/node").glob("node[0-9]*")}
+    assert (r.mem_node in nodes) if work.kind.value == "memory_bw" else r.mem_node == -1
 
 
 def test_timer_and_interactive_record_lateness_per_period(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from ktstr.evaluate.verdict import Status
 from ktstr.runner import BootRequest, execute
 from ktstr.spec.catalog import SCENARIOS
-from ktstr.spec.checks import DEFAULTS, merge
+from ktstr.spec.checks import defaults_for, merge
 from ktstr.spec.plan import resolve
 from ktstr.spec.topology import Topology
 from tests.vm.test_monitor import sched
@@ -27,8 +27,18 @@ TOPOLOGIES = os.environ.get("KTSTR_CATALOG_TOPOLOGY", "1n2l2c1t").split(",")
 SCHEDULERS = os.environ.get("KTSTR_CATALOG_SCHEDULERS", "eevdf,scx_simple").split(",")
 SAMPLE = {
     ("pinned_llc", "eevdf"), ("scx_smoke", "scx_simple"), ("request_response", "eevdf"),
-    ("weighted_cgroups", "scx_simple"), ("pi_convoy", "eevdf"),
+    ("weighted_cgroups", "scx_simple"), ("pi_convoy", "eevdf"), ("bandwidth_cap", "eevdf"),
+    ("pairs_together", "eevdf"),
 }  # fmt: skip
+#: What the sweeps found about a shared example scheduler: findings to report
+#: to its authors, not thresholds to loosen. Expected to fail (not strictly:
+#: some are near their bar).
+FINDINGS = {
+    ("pairs_together", "scx_simple"): "scx_simple leaves talking pairs on different LLCs "
+    "(together in 93 % of samples at 1n2l2c1t, 90 % at 2n2l2c1t; EEVDF 100 %)",
+    ("numa_local", "scx_simple"): "scx_simple moves memory-bound workers off their memory's "
+    "node (52 % local at 2n2l2c1t; EEVDF 100 %)",
+}
 
 
 def cases():
@@ -36,7 +46,9 @@ def cases():
         for name in SCENARIOS:
             for s in SCHEDULERS:
                 sampled = (name, s) in SAMPLE and topo == TOPOLOGIES[0]
-                marks = () if sampled else (pytest.mark.catalog,)
+                marks = [] if sampled else [pytest.mark.catalog]
+                if (name, s) in FINDINGS:
+                    marks.append(pytest.mark.xfail(reason=FINDINGS[name, s], strict=False))
                 yield pytest.param(name, s, topo, marks=marks, id=f"{name}-{s}-{topo}")
 
 
@@ -53,5 +65,8 @@ def test_canned_scenario_passes(kernel, isolated, name, scheduler, topology):
     if kernel.nr_cpus is not None and topo.cpus > kernel.nr_cpus:
         pytest.skip(f"{topo} needs {topo.cpus} CPUs; kernel has NR_CPUS={kernel.nr_cpus}")
     req = BootRequest(kernel=kernel, topology=topo, job={})
-    rec = execute(req, resolve(sc, topo), s, merge(DEFAULTS, sc.thresholds), isolated / "r")
+    chain = merge(defaults_for(s is not None), sc.thresholds)
+    rec = execute(req, resolve(sc, topo), s, chain, isolated / "r")
+    if rec.status is Status.SKIP:  # the kernel lacks what the scenario needs (cpu.max on 6.12)
+        pytest.skip(rec.verdict.findings[0].message)
     assert rec.status is Status.PASS, [f.message for f in rec.verdict.failures]

@@ -41,7 +41,7 @@ from ktstr.runner import (
     scheduler_binary,
 )
 from ktstr.spec.catalog import SCENARIOS
-from ktstr.spec.checks import DEFAULTS, Thresholds, merge, scaled, timing_scale
+from ktstr.spec.checks import Thresholds, defaults_for, merge, scaled, timing_scale
 from ktstr.spec.plan import Plan, resolve
 from ktstr.spec.scenario import Scenario
 from ktstr.spec.scheduler import Scheduler, load_scheduler
@@ -60,7 +60,7 @@ def _chain(scenario: Scenario | None, args: argparse.Namespace) -> Thresholds:
     """defaults -> scheduler definition -> scenario -> --threshold."""
     sdef = _scheduler_def(args)
     return merge(
-        DEFAULTS,
+        defaults_for(bool(getattr(args, "scheduler", None))),
         sdef.thresholds if sdef else None,
         scenario.thresholds if scenario else None,
         Thresholds.parse(args.threshold),

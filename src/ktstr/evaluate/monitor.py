@@ -127,7 +127,7 @@ class MonitorJudge:
         lim, n = self.limits, len(s.cpus)
         scx = s.scx.enable_state == "SCX_ENABLED"
         for group in self.groups or (tuple(range(n)),):
-            load = [_load(s.cpus[c], scx) for c in group if c < n]
+            load = [cpu_load(s.cpus[c], scx) for c in group if c < n]
             if len(load) < 2:
                 continue
             ratio = max(load) / max(1, min(load))
@@ -279,7 +279,7 @@ WAIT_SLACK_MS = 50.0
 CHECKS = ("rq_imbalance", "local_dsq", "rq_clock_stuck", "runnable_wait", "work_conservation")
 
 
-def _load(c: CpuState, scx: bool) -> int:
+def cpu_load(c: CpuState, scx: bool) -> int:
     """What a CPU has to run (see ``rq_imbalance`` above)."""
     if not scx:
         return c.nr_running

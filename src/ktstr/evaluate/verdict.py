@@ -15,8 +15,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ktstr.evaluate.bandwidth import bandwidth, capped
 from ktstr.evaluate.fairness import Competitor, judge
+from ktstr.evaluate.latency import interactive_ratio
 from ktstr.evaluate.payloads import PayloadResult, payload_findings
+from ktstr.evaluate.placement import CHECKS as PLACEMENT_CHECKS
+from ktstr.evaluate.placement import Found, Placement, placement_findings
 from ktstr.evaluate.stats import (
     CgroupStats,
     Group,
@@ -75,6 +79,8 @@ class RunData:
     monitor: tuple[Finding, ...] = ()
     #: Every planned payload run the guest reported, measured.
     payloads: tuple[PayloadResult, ...] = ()
+    #: Where the workers ran (the monitor's samples), for the placement checks.
+    placement: Placement | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,8 +272,15 @@ def _share(t: Thresholds, groups: tuple[Group, ...], payloads: bool) -> ShareSta
     if any(s.report.on_cpu_ms <= 0 and s.report.cpu_s <= 0 for _, s in samples):
         return None  # a report without CPU accounting measures no share
     keys = {f"{n}[{s.report.index}]": s for n, s in samples}
+    caps = _caps(groups) if _enforced(t) is not None else {}
     workers = [
-        Competitor(k, s.cpus, s.how.weight, s.how.groups, 1.0 if s.how.cpu_bound else s.share)
+        Competitor(
+            k,
+            s.cpus,
+            s.how.weight,
+            s.how.groups,
+            min(1.0 if s.how.cpu_bound else s.share, caps.get(k, 1.0)),
+        )
         for k, s in keys.items()
     ]
     actual: dict[Hashable, float] = {k: s.share for k, s in keys.items()}
@@ -278,6 +291,43 @@ def _share(t: Thresholds, groups: tuple[Group, ...], payloads: bool) -> ShareSta
     return ShareStats(
         str(j.worst), j.actual, j.ideal, percentile(list(j.ratios.values()), 10), len(j.ratios)
     )
+
+
+#: Checks whose passing figures the report shows (their info findings).
+SHAPE_CHECKS = frozenset(
+    {name.removeprefix("min_").removesuffix("_pct") for name, _ in PLACEMENT_CHECKS}
+    | {"interactive", "bandwidth"}
+)
+
+
+def _shape_checks(t: Thresholds, data: RunData) -> list[Found]:
+    """Placement (monitor samples) and interactive latency: each on where a
+    scenario asks for it; an info line where it could not be judged."""
+    limits = {
+        name: float(v)
+        for name, _ in PLACEMENT_CHECKS
+        if (v := getattr(t, name)) not in (None, False, True)
+    }
+    out = placement_findings(data.placement, limits)
+    if t.max_interactive_ratio not in (None, False, True):
+        out.append(interactive_ratio(data.groups, float(t.max_interactive_ratio)))
+    return out + bandwidth(data.groups, _enforced(t))
+
+
+def _enforced(t: Thresholds) -> float | None:
+    """The allowed excess over cpu.max, or None when cpu.max is not expected to bind."""
+    v = t.max_bandwidth_pct
+    return None if v in (None, False, True) else float(v)
+
+
+def _caps(groups: tuple[Group, ...]) -> dict[Hashable, float]:
+    """Per worker, its share of its cgroup's cpu.max (split evenly)."""
+    out: dict[Hashable, float] = {}
+    for g in groups:
+        cap, ok = capped(g)
+        if cap > 0:
+            out.update({f"{g.name}[{s.report.index}]": cap / len(ok) for s in ok})
+    return out
 
 
 def _share_check(t: Thresholds, share: ShareStats | None) -> list[Finding]:
@@ -329,6 +379,7 @@ def evaluate(data: RunData, thresholds: Thresholds, scale: Scale = NO_SCALE) -> 
                     findings += _worker_checks(t, s, f"{group.name}[{s.report.index}]")
             findings += _cgroup_checks(t, c, group.samples, stats.share is not None)
         findings += _share_check(t, stats.share)
+        findings += [Finding(*f) for f in _shape_checks(t, data)]
         findings += [
             Finding(check, "fail", msg, ev)
             for check, msg, ev in payload_findings(data.payloads, t.payload, scale.reason)

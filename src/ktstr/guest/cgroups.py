@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from ktstr.spec.scenario import CPU_MAX_PERIOD_US
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WORKER_LEAF = "_workers"
 
@@ -74,6 +76,14 @@ class CgroupTree:
     def set_weight(self, name: str, weight: int) -> None:
         """``cpu.weight`` of ``name`` (the cpu controller must be enabled)."""
         _write(self.path(name) / "cpu.weight", str(weight))
+
+    def set_cpu_max(self, name: str, milli_cpus: int) -> None:
+        """``cpu.max`` of ``name``: milli-CPUs per 100 ms period, 0 = no limit."""
+        path = self.path(name) / "cpu.max"
+        if not path.exists():
+            raise OSError(errno.ENOENT, "no cpu.max: the kernel lacks CONFIG_CFS_BANDWIDTH", path)
+        quota = "max" if milli_cpus <= 0 else str(milli_cpus * CPU_MAX_PERIOD_US // 1000)
+        _write(path, f"{quota} {CPU_MAX_PERIOD_US}")
 
     def set_cpus(self, name: str, cpus: tuple[int, ...] | None) -> None:
         text = "" if cpus is None else ",".join(map(str, cpus))

@@ -201,6 +201,14 @@ class Executor:
             Lifecycle(phase="worker_stuck", detail={"worker": worker, "pid": pid, "task": what})
         )
 
+    def _knobs(self, path: str, weight: int | None, cpu_max: float | None) -> None:
+        """cpu.weight and cpu.max where they differ from the kernel's defaults
+        (None: leave it; a mid-run op writes either, default or not)."""
+        if weight is not None:
+            self.tree.set_weight(path, weight)
+        if cpu_max is not None:
+            self.tree.set_cpu_max(path, round(cpu_max * 1000))
+
     def apply(self, op: PlanOp) -> None:
         """Carry out one op; the ledger (shared with the host) says which
         workers it starts, stops or moves."""
@@ -211,8 +219,7 @@ class Executor:
             for pc in op.cgroups:
                 kids = any(p.startswith(pc.path + "/") for p in paths)
                 self.tree.create(pc.path, pc.cpus, has_children=kids)
-                if pc.weight != 100:
-                    self.tree.set_weight(pc.path, pc.weight)
+                self._knobs(pc.path, pc.weight if pc.weight != 100 else None, pc.cpu_max or None)
             pids = self._spawn(effect)
             pids.update(self._start_payloads(effect))
             self.stimulus(k.value, cgroups=paths, pids=pids)
@@ -243,8 +250,11 @@ class Executor:
             moved = 0 if w is None else self.tree.move_pid(w.pid, op.other)
             self.stimulus(k.value, src=op.path, index=op.count, dst=op.other, moved=moved)
         elif k is OpKind.SET_WEIGHT:
-            self.tree.set_weight(op.path, op.value)
+            self._knobs(op.path, op.value, None)
             self.stimulus(k.value, cgroup=op.path, weight=op.value)
+        elif k is OpKind.SET_CPU_MAX:
+            self._knobs(op.path, None, op.value / 1000)
+            self.stimulus(k.value, cgroup=op.path, cpu_max=op.value / 1000)
         elif k is OpKind.SNAPSHOT:
             self.stimulus(k.value, name=op.path, status=snapshot(self.port, op.path))
         elif k is OpKind.BPF_WRITE:

@@ -223,11 +223,27 @@ def _pi_lock(ctx: Ctx) -> Step:
     return step
 
 
+_SYS_GET_MEMPOLICY = 239  # x86_64
+_MPOL_F_NODE_ADDR = 1 | 2  # MPOL_F_NODE | MPOL_F_ADDR: the node of the page at addr
+
+
+def page_node(buf: bytearray) -> int:
+    """The NUMA node of ``buf``'s first page (-1 if the kernel will not say)."""
+    node = ctypes.c_int(-1)
+    addr = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+    rc = _libc.syscall(_SYS_GET_MEMPOLICY, ctypes.byref(node), None, 0,
+                       ctypes.c_void_p(addr), _MPOL_F_NODE_ADDR)  # fmt: skip
+    return node.value if rc == 0 else -1
+
+
 def _memory_bw(ctx: Ctx) -> Step:
     """Copy ``size_kb`` from one buffer to another; a unit is a MiB copied,
-    so the work rate is bandwidth (MiB/s)."""
+    so the work rate is bandwidth (MiB/s). The source buffer's node (first
+    touch: where the worker started) is its memory node."""
     size = ctx.work.size_kb * 1024
-    src, dst = memoryview(bytearray(b"\x5a" * size)), memoryview(bytearray(size))
+    src_buf = bytearray(b"\x5a" * size)
+    ctx.tel.mem_node = page_node(src_buf)
+    src, dst = memoryview(src_buf), memoryview(bytearray(size))
     mib = max(1, size >> 20)
 
     def step() -> None:

@@ -45,6 +45,8 @@ class Tel(Protocol):
     def latency(self, ns: int) -> None: ...
     def absorb(self, native: dict[str, object]) -> None: ...
 
+    mem_node: int
+
 
 def spin(n: int = SPIN_UNIT) -> int:
     x = 0

@@ -62,6 +62,7 @@ class Telemetry:
         "max_gap",
         "max_gap_at",
         "max_gap_cpu",
+        "mem_node",
         "migrations",
         "rnd",
         "t0",
@@ -76,6 +77,7 @@ class Telemetry:
         self.cpus = {self.last_cpu}
         self.lat: list[int] = []
         self.lat_seen = 0
+        self.mem_node = -1  # NUMA node of the work's memory, where it has some
         self.rnd = random.Random(os.getpid())
 
     def tick(self, units: int = 1, blocked_ns: int = 0) -> None:
@@ -168,6 +170,7 @@ def _report(
         wake_lat_us=[round(x / 1e3, 2) for x in tel.lat], wake_samples=tel.lat_seen,
         on_cpu_ms=(ss1[0] - ss0[0]) / 1e6, run_delay_ms=(ss1[1] - ss0[1]) / 1e6,
         timeslices=ss1[2] - ss0[2], native=NATIVE and spec.work.paired,
+        mem_node=tel.mem_node,
     )  # fmt: skip
 
 

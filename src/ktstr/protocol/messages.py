@@ -206,6 +206,8 @@ class WorkerReport:
     run_delay_ms: float = _f(0.0, lo=0, hi=_BIG)
     timeslices: int = _f(0, lo=0, hi=2**62)
     native: bool = False
+    #: NUMA node of the memory its work touches (memory_bw); -1 = none or unknown.
+    mem_node: int = _f(-1, lo=-1, hi=1 << 10)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -44,6 +44,7 @@ from ktstr.runner.timeline import explaining, phases, timeline
 from ktstr.spec.checks import Thresholds, scaled, timing_scale
 from ktstr.spec.payload import KERNEL_NEEDS
 from ktstr.spec.plan import Plan
+from ktstr.spec.scenario import OpKind
 from ktstr.spec.serde import to_data
 
 #: Longest a scheduler may take to attach, and the slack on top of it before
@@ -267,7 +268,14 @@ def _execute_job(
     def judge(run: GuestRun | None, host: Outcome) -> Verdict:
         data = run_data(run.evidence if run else Evidence(), expect, host)
         if run is not None and run.monitor is not None and run.monitor.judge is not None:
-            data = dataclasses.replace(data, monitor=monitor_findings(run.monitor.judge))
+            windows = [
+                (sc.started_at, sc.ended_at or sc.started_at) for sc in run.evidence.scenarios
+            ]
+            data = dataclasses.replace(
+                data,
+                monitor=monitor_findings(run.monitor.judge),
+                placement=run.monitor.placement(data.groups, req.topology, windows),
+            )
         return evaluate(data, thresholds, scale)
 
     verdicts: list[Verdict] = []
@@ -328,10 +336,14 @@ def _execute_job(
 
 
 def kernel_lacks(plan: Plan, kernel: Kernel) -> str:
-    """Why this kernel cannot run the plan's payloads meaningfully ("" if it can)."""
+    """Why this kernel cannot run the plan meaningfully ("" if it can): its
+    payloads' kernel needs, cpu.max without CFS bandwidth control."""
     config = kernel.config
     for step in plan.steps:
         for op in step.ops:
+            limits = op.kind is OpKind.SET_CPU_MAX or any(pc.cpu_max for pc in op.cgroups)
+            if limits and kconfig.lacks(config, ("CONFIG_CFS_BANDWIDTH",)):
+                return f"kernel {kernel.version} lacks CONFIG_CFS_BANDWIDTH (cgroup cpu.max)"
             for pc in op.cgroups:
                 needs = dict(KERNEL_NEEDS.get(pc.payload.kind, ()) if pc.payload else ())
                 for option in kconfig.lacks(config, tuple(needs)):

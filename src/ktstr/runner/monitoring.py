@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.evaluate.monitor import MonitorJudge, MonitorLimits
+from ktstr.evaluate.placement import Placed, Placement, settled
+from ktstr.evaluate.stats import Group
 from ktstr.host.kernel import Kernel
 from ktstr.inspect.attach import Target
 from ktstr.inspect.monitor import Monitor, MonitorConfig, MonitorResult
@@ -23,6 +25,7 @@ from ktstr.spec.checks import Thresholds
 from ktstr.spec.ledger import cpu_groups
 from ktstr.spec.plan import Plan
 from ktstr.spec.serde import from_data
+from ktstr.spec.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,25 @@ class MonitorRun:
             self.judge.groups = cpu_groups(plan, all_cpus) or (all_cpus,)
         except Exception:  # an unreadable plan is the verdict's finding, not ours
             self.judge.groups = (all_cpus,)
+
+    def placement(
+        self, groups: tuple[Group, ...], topology: Topology, windows: list[tuple[float, float]]
+    ) -> Placement:
+        """Where the reported workers ran during the workload (settled)."""
+        workers = tuple(
+            Placed(
+                pid=s.report.pid,
+                who=f"{g.name}[{s.report.index}]",
+                allowed=tuple(sorted(s.cpus)),
+                cpu_bound=s.how.cpu_bound,
+                team=s.how.team,
+                mem_node=s.report.mem_node,
+            )
+            for g in groups
+            for s in g.samples
+            if s.ok and s.report.pid > 0 and not s.how.opaque
+        )
+        return Placement(topology, workers, settled(self.series, windows))
 
     def scheduler_attached(self) -> None:
         if self.monitor is not None and self.plan.watchdog_s is not None:

@@ -72,7 +72,8 @@ MORE: tuple[Scenario, ...] = (
         "an interactive task (1 ms bursts, 20 ms sleeps) beside a hog per CPU: its wake-up "
         "lateness",
         CgroupDef("interactive", workers=1, work=Work.interactive(1.0, 20.0)),
-        CgroupDef("hogs", workers=ONE)),
+        CgroupDef("hogs", workers=ONE),
+        thresholds=Thresholds(max_interactive_ratio=0.5)),
     _of(LATENCY, "periodic_timers",
         "5 ms periodic timers, one per CPU, beside a hog per CPU: lateness per period",
         CgroupDef("timers", workers=ONE, work=Work.timer_periodic(5.0, 0.5)),
@@ -90,8 +91,14 @@ MORE: tuple[Scenario, ...] = (
         CgroupDef("hogs", workers=ONE)),
     # -- placement --
     _of(PLACEMENT, "spread_out",
-        "spinners on half the CPUs: a work-conserving scheduler gives each a CPU",
-        CgroupDef("few", workers=HALF)),
+        "spinners on half the cores: each gets a core of its own (no SMT sibling shared "
+        "while a core idles, no LLC idle while another queues)",
+        CgroupDef("few", workers=Size.per_core(0.5)),
+        thresholds=Thresholds(min_spread_out_pct=95.0)),
+    _of(PLACEMENT, "pairs_together",
+        "one pipe ping-pong pair per LLC, free to run anywhere: each pair shares an LLC",
+        CgroupDef("pairs", workers=Size.per_llc(2), work=Work.pipe_io()),
+        thresholds=Thresholds(min_together_pct=95.0)),
     _of(PLACEMENT, "llc_pairs",
         "pipe ping-pong pairs pinned to an LLC each: communicating tasks stay together",
         CgroupDef("pairs", workers=Size.per_llc(2), work=Work.pipe_io(),
@@ -136,6 +143,19 @@ MORE: tuple[Scenario, ...] = (
                          hold=HoldSpec.fraction(0.4)),
                     Step(ops=(Op.set_weight("a", 400), Op.move_worker("b", 0, "a")),
                          hold=HoldSpec.fraction(0.6)))),
+    _of(CGROUPS, "bandwidth_cap",
+        "a spinner per CPU under cpu.max of one CPU, beside an uncapped cgroup as busy: the "
+        "capped one stays within its quota, the other takes the rest (judged where the "
+        "scheduler enforces cpu.max: EEVDF; needs CONFIG_CFS_BANDWIDTH)",
+        CgroupDef("capped", workers=ONE, cpu_max=1.0), CgroupDef("free", workers=ONE)),
+    Scenario(name="bandwidth_change", group=CGROUPS,
+             description="cpu.max of a busy cgroup drops from 2 CPUs to half a CPU mid-run, "
+                         "then the limit is lifted: nobody starves (needs CONFIG_CFS_BANDWIDTH)",
+             steps=(Step(ops=(Op.add(CgroupDef("busy", workers=ONE, cpu_max=2.0)),
+                              Op.add(CgroupDef("other", workers=HALF))),
+                         hold=HoldSpec.fraction(0.4)),
+                    Step(ops=(Op.set_cpu_max("busy", 0.5),), hold=HoldSpec.fraction(0.3)),
+                    Step(ops=(Op.set_cpu_max("busy", 0),), hold=HoldSpec.fraction(0.3)))),
     Scenario(name="cpuset_shrink", group=CGROUPS,
              description="a busy cgroup's cpuset shrinks to one half, then grows back",
              steps=(Step(ops=(Op.add(CgroupDef("busy", workers=ONE)),),
@@ -206,4 +226,9 @@ MORE: tuple[Scenario, ...] = (
         "where the topology has two): load stays on its node",
         CgroupDef("n0", workers=ONE, work=Work.memory_bw(2048), cpuset=CpusetSpec.disjoint(0, 2)),
         CgroupDef("n1", workers=ONE, cpuset=CpusetSpec.disjoint(1, 2))),
+    _of(NUMA, "numa_local",
+        "one memory-bound copy (8 MiB) per node, free to run anywhere: each stays on the "
+        "node its memory is on",
+        CgroupDef("copy", workers=Size.per_node(1), work=Work.memory_bw(8192)),
+        thresholds=Thresholds(min_numa_local_pct=95.0)),
 )  # fmt: skip

@@ -119,6 +119,15 @@ class Thresholds:
     min_share_ratio: Value = None
     #: judge shares by cgroup cpu.weight alone (not also per task)
     cgroup_weights: bool | None = None
+    #: % of samples CPU-bound workers fewer than cores each had a core (evaluate/placement.py)
+    min_spread_out_pct: Value = None
+    min_together_pct: Value = None  # % of samples talking workers shared an LLC
+    min_numa_local_pct: Value = None  # % of samples memory-bound workers ran on their node
+    #: interactive workers' wake-up p90 over the hogs' mean timeslice
+    max_interactive_ratio: Value = None
+    #: % a cpu.max-limited cgroup may use over its quota; on = the scheduler
+    #: enforces cpu.max (and the share oracle counts the limit)
+    max_bandwidth_pct: Value = None
     min_work_rate: Value = None  # work units per second, every worker
     max_wake_p99_us: Value = None  # p99 wake-to-run latency of a cgroup
     max_wake_cv: Value = None  # CV of wake latencies of a cgroup
@@ -236,7 +245,17 @@ DEFAULTS = Thresholds(
     max_idle_waiting_ms=100.0,
     monitor_sustain=5.0,
     sched_watchdog_s=5.0,
+    max_bandwidth_pct=10.0,
 )
+
+#: Under a sched_ext scheduler cpu.max binds only if the scheduler implements
+#: it (``ops.cgroup_set_bandwidth``); a definition that does turns it back on.
+SCHED_EXT_DEFAULTS = Thresholds(max_bandwidth_pct=False)
+
+
+def defaults_for(sched_ext: bool) -> Thresholds:
+    """ktstr's defaults for a run under EEVDF or under a sched_ext scheduler."""
+    return DEFAULTS.merged(SCHED_EXT_DEFAULTS) if sched_ext else DEFAULTS
 
 
 def merge(*layers: Thresholds | None) -> Thresholds:

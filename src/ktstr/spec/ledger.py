@@ -181,6 +181,8 @@ class Ledger:
             return Effect(moved=(w.id,))
         elif k is OpKind.SET_WEIGHT:
             self.live[op.path] = dataclasses.replace(self.live[op.path], weight=op.value)
+        elif k is OpKind.SET_CPU_MAX:
+            self.live[op.path] = dataclasses.replace(self.live[op.path], cpu_max=op.value / 1000)
         elif k is OpKind.MOVE_ALL:
             moved = self.running(op.path)
             for w in moved:
@@ -211,6 +213,9 @@ class Terms:
     role: int = 0  # its part (``Work.role``)
     opaque: bool = False  # CPU it causes escapes its accounting (``Work.opaque``)
     end_cgroup: str = ""  # the cgroup it ended in (a move changes it)
+    team: str = ""  # workers that talk to each other (``Work.team``) share it
+    kind: str = ""  # its work kind (``WorkKind`` value)
+    cpu_max: float = 0.0  # its cgroup's cpu.max in CPUs (0 = none; static runs only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,11 @@ def _groups(ledger: Ledger, path: str) -> tuple[tuple[str, int], ...]:
     if any(p.startswith(path + "/") for p in ledger.live):
         out.append((path + "/.leaf", 100))
     return tuple(out)
+
+
+def _cpu_max(ledger: Ledger, path: str) -> float:
+    pc = ledger.live.get(path)
+    return pc.cpu_max if pc is not None else 0.0
 
 
 def _weight(pc: PlanCgroup) -> float:
@@ -286,6 +296,9 @@ def expected_workers(plan: Plan, all_cpus: tuple[int, ...]) -> tuple[ExpectedWor
                 role=w.spec.work.role(w.id[1]),
                 opaque=w.spec.work.opaque,
                 end_cgroup=w.cgroup,
+                team=w.spec.work.team(w.id[0], w.id[1]),
+                kind=w.spec.work.kind.value,
+                cpu_max=_cpu_max(ledger, w.cgroup) if static else 0.0,
             ),
         )
         for w in ledger.workers.values()

@@ -42,6 +42,7 @@ class PlanCgroup:
     affinities: tuple[tuple[int, ...] | None, ...]
     payload: Payload | None = None
     weight: int = 100
+    cpu_max: float = 0.0  # CPUs' worth per period (cpu.max); 0 = no limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +97,7 @@ def _flatten(d: CgroupDef, topo: Topology, parent: str, seed: int) -> list[PlanC
         affinities=affs,
         payload=d.payload,
         weight=d.weight,
+        cpu_max=d.cpu_max,
     )
     out = [own]
     for child in d.children:
@@ -203,7 +205,7 @@ def _resolve_op(op: Op, topo: Topology, live: dict[str, PlanCgroup], seed: int) 
         if k is OpKind.SWAP_CPUSETS:
             live[op.name], live[op.other] = replace(a, cpus=b.cpus), replace(b, cpus=a.cpus)
         return PlanOp(kind=k, path=op.name, other=op.other)
-    if k in (OpKind.MOVE_WORKER, OpKind.SET_WEIGHT):
+    if k in (OpKind.MOVE_WORKER, OpKind.SET_WEIGHT, OpKind.SET_CPU_MAX):
         return _resolve_live_op(op, need, live)
     if k is OpKind.SPAWN:
         cg = need(op.name)
@@ -244,6 +246,9 @@ def _resolve_live_op(
             )
         return PlanOp(kind=k, path=op.name, other=op.other, count=op.count)
     cg = need(op.name)
+    if k is OpKind.SET_CPU_MAX:
+        live[op.name] = replace(cg, cpu_max=op.value / 1000)
+        return PlanOp(kind=k, path=op.name, value=op.value)
     if not 1 <= op.value <= 10000:
         raise ConfigError(f"set_weight: weight must be 1..10000, got {op.value}")
     live[op.name] = replace(cg, weight=op.value)

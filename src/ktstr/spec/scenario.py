@@ -40,6 +40,9 @@ class CgroupDef:
     nice: int = 0
     #: cgroup v2 ``cpu.weight`` (1..10000; 100 is the kernel's default).
     weight: int = 100
+    #: cgroup v2 ``cpu.max`` as CPUs' worth per 100 ms period (1.5 = 150 ms
+    #: of CPU time every 100 ms); 0 = no limit. Needs CONFIG_CFS_BANDWIDTH.
+    cpu_max: float = 0.0
     affinity: Affinity = INHERIT
     children: tuple[CgroupDef, ...] = ()
     #: A real program run in this cgroup beside (or instead of) the workers.
@@ -61,6 +64,19 @@ class CgroupDef:
             raise ConfigError(f"cgroup {self.name}: nice must be -20..19, got {self.nice}")
         if not 1 <= self.weight <= 10000:
             raise ConfigError(f"cgroup {self.name}: weight must be 1..10000, got {self.weight}")
+        check_cpu_max(f"cgroup {self.name}", self.cpu_max)
+
+
+#: cpu.max's period (the kernel's default) and the smallest quota it takes.
+CPU_MAX_PERIOD_US = 100_000
+CPU_MAX_MIN = 0.01
+
+
+def check_cpu_max(what: str, cpus: float) -> None:
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not math.isfinite(cpus):
+        raise ConfigError(f"{what}: cpu_max must be a number of CPUs, got {cpus!r}")
+    if cpus != 0 and not CPU_MAX_MIN <= cpus <= 8192:
+        raise ConfigError(f"{what}: cpu_max must be 0 (no limit) or 0.01..8192 CPUs, got {cpus}")
 
 
 class OpKind(enum.Enum):
@@ -75,6 +91,7 @@ class OpKind(enum.Enum):
     MOVE_ALL = "move_all"  # move every task of `name` into `other`
     MOVE_WORKER = "move_worker"  # move worker `count` of `name` into `other`
     SET_WEIGHT = "set_weight"  # cpu.weight of `name` := `value`
+    SET_CPU_MAX = "set_cpu_max"  # cpu.max of `name` := `value` milli-CPUs (0 = no limit)
     SNAPSHOT = "snapshot"  # the host freezes the guest and captures it as `name`
     BPF_WRITE = "bpf_write"  # the host writes `value` into the scheduler's global `name`
 
@@ -134,6 +151,12 @@ class Op:
     @classmethod
     def set_weight(cls, name: str, weight: int) -> Op:
         return cls(kind=OpKind.SET_WEIGHT, name=name, value=weight)
+
+    @classmethod
+    def set_cpu_max(cls, name: str, cpus: float) -> Op:
+        """``cpu.max`` of ``name`` := ``cpus`` CPUs' worth per period (0 = none)."""
+        check_cpu_max(f"set_cpu_max {name}", cpus)
+        return cls(kind=OpKind.SET_CPU_MAX, name=name, value=round(cpus * 1000))
 
     @classmethod
     def snapshot(cls, name: str) -> Op:

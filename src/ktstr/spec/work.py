@@ -124,6 +124,16 @@ class Work:
             return int(index != 0)
         return 0
 
+    def team(self, cgroup: str, index: int) -> str:
+        """Who worker ``index`` of ``cgroup`` talks to: the two of a pair,
+        or a producer/consumer cgroup's queue; "" for work that talks to
+        no other worker."""
+        if self.paired:
+            return f"{cgroup}#{index // 2}"
+        if self.kind is WorkKind.PRODUCER_CONSUMER:
+            return cgroup
+        return ""
+
     @property
     def opaque(self) -> bool:
         """Whether CPU it causes runs outside the worker's own task (threads,

@@ -1,0 +1,210 @@
+"""Pure: where the workers ran, judged from the host monitor's samples.
+
+Each check is on only where it means something; otherwise the verdict says
+why it was not judged. All count samples of the workload after it settled
+(the first fifth of each scenario is left out):
+
+* ``spread_out`` (``min_spread_out_pct``): CPU-bound workers, fewer than the
+  cores they may use, should each get a core. A sample is good when no core
+  runs two of them while one of their cores is idle, and none of their LLCs
+  is idle while a CPU of another has tasks queued behind the running one.
+* ``together`` (``min_together_pct``): workers that talk (the two of a pair
+  of a paired kind; a producer/consumer cgroup) should share an LLC where
+  they may run on several. A worker is placed at the CPU it was last seen
+  on (running or queued); a sample counts for a team once all its members
+  were placed and one of them is seen in it; it is good when they share an
+  LLC.
+* ``numa_local`` (``min_numa_local_pct``): a worker whose memory is on a
+  known node (``WorkerReport.mem_node``) and who may run on several nodes
+  should run on its memory's node: counted per sample it is seen running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ktstr.evaluate.monitor import cpu_load
+from ktstr.inspect.sample import CpuState, Sample
+from ktstr.spec.topology import Topology, format_cpus
+
+#: Fewer judged samples than this and a placement check says nothing.
+MIN_SAMPLES = 10
+
+#: (check, class "fail" | "info", message, evidence)
+Found = tuple[str, str, str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A worker the placement checks follow."""
+
+    pid: int
+    who: str  # cg0[3]
+    allowed: tuple[int, ...]
+    cpu_bound: bool = False
+    team: str = ""  # workers of one team talk to each other
+    mem_node: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    topology: Topology
+    workers: tuple[Placed, ...]
+    samples: tuple[Sample, ...]  # the workload's, settled
+
+
+def settled(
+    samples: Iterable[Sample], windows: Iterable[tuple[float, float]]
+) -> tuple[Sample, ...]:
+    """Samples inside a scenario's window (host seconds), past its first fifth."""
+    spans = [(a + 0.2 * (b - a), b) for a, b in windows if b > a]
+    return tuple(s for s in samples if any(a <= s.t <= b for a, b in spans))
+
+
+def _busy(c: CpuState) -> bool:
+    return not c.idle and c.curr_pid != 0
+
+
+def _pct(good: int, total: int) -> float:
+    return 100.0 * good / total if total else 100.0
+
+
+def _verdict(check: str, pct: float, floor: float, total: int, what: str, **ev: Any) -> Found:
+    ev = {"pct": round(pct, 1), "min_pct": floor, "samples": total, **ev}
+    msg = f"{what} in {pct:.0f}% of {total} samples"
+    if pct < floor:
+        return (check, "fail", f"{msg} (want >= {floor:g}%)", ev)
+    return (check, "info", msg, ev)
+
+
+def _declined(check: str, why: str) -> Found:
+    return (check, "info", f"not judged: {why}", {})
+
+
+def spread_out(p: Placement, floor: float) -> Found:
+    topo, spinners = p.topology, [w for w in p.workers if w.cpu_bound]
+    allowed = sorted({c for w in spinners for c in w.allowed if c < topo.cpus})
+    cores = {topo.core_cpus(c) for c in allowed}
+    if not spinners or len(spinners) >= len(cores):
+        return _declined("spread_out", f"{len(spinners)} CPU-bound workers for {len(cores)} cores")
+    pids = {w.pid for w in spinners}
+    llcs = {topo.llc_of(c) for c in allowed}
+    bad = total = 0
+    first: dict[str, Any] = {}
+    for s in p.samples:
+        if len(s.cpus) < topo.cpus:
+            continue
+        running = {c for c in allowed if s.cpus[c].curr_pid in pids}
+        if not running:
+            continue
+        total += 1
+        idle_core = any(all(not _busy(s.cpus[c]) for c in core) for core in cores)
+        doubled = [core for core in cores if len(running & set(core)) > 1]
+        idle_llc = any(
+            all(not _busy(s.cpus[c]) for c in topo.llc_cpus(x) if c in allowed) for x in llcs
+        )
+        scx = s.scx.enable_state == "SCX_ENABLED"
+        queued = [c for c in allowed if cpu_load(s.cpus[c], scx) > 1]
+        if (doubled and idle_core) or (idle_llc and queued):
+            bad += 1
+            first = first or {
+                "at_s": round(s.t, 2),
+                "doubled_cores": [format_cpus(core) for core in doubled],
+                "queued_cpus": format_cpus(queued),
+            }
+    if total < MIN_SAMPLES:
+        return _declined("spread_out", f"{total} samples with a worker running")
+    what = f"{len(spinners)} spinners on {len(cores)} cores had a core each"
+    return _verdict("spread_out", _pct(total - bad, total), floor, total, what, first_bad=first)
+
+
+def _seen(s: Sample) -> dict[int, int]:
+    """pid -> CPU for every task a sample shows, running or queued."""
+    at = {t.pid: t.cpu for t in s.waiting}
+    at.update({c.curr_pid: i for i, c in enumerate(s.cpus) if _busy(c)})
+    return at
+
+
+def together(p: Placement, floor: float) -> Found:
+    topo = p.topology
+    teams: dict[str, list[Placed]] = {}
+    for w in p.workers:
+        if w.team:
+            teams.setdefault(w.team, []).append(w)
+    teams = {
+        k: ws
+        for k, ws in teams.items()
+        if len(ws) > 1 and len({topo.llc_of(c) for w in ws for c in w.allowed}) > 1
+    }
+    if not teams:
+        return _declined("together", "no talking workers that may run on several LLCs")
+    last: dict[int, int] = {}
+    good = total = 0
+    apart: dict[str, Any] = {}
+    for s in p.samples:
+        seen = _seen(s)
+        last.update((pid, cpu) for pid, cpu in seen.items() if cpu < topo.cpus)
+        for name, ws in teams.items():
+            if not any(w.pid in seen for w in ws) or not all(w.pid in last for w in ws):
+                continue
+            total += 1
+            where = {w.who: last[w.pid] for w in ws}
+            if len({topo.llc_of(c) for c in where.values()}) == 1:
+                good += 1
+            else:
+                apart = apart or {"at_s": round(s.t, 2), "team": name, "cpus": where}
+    if total < MIN_SAMPLES:
+        return _declined("together", f"{total} samples placed a whole team")
+    what = f"{len(teams)} talking team(s) shared an LLC"
+    return _verdict("together", _pct(good, total), floor, total, what, first_apart=apart)
+
+
+def numa_local(p: Placement, floor: float) -> Found:
+    topo = p.topology
+    ws = [
+        w
+        for w in p.workers
+        if 0 <= w.mem_node < topo.numa_nodes and len({topo.node_of(c) for c in w.allowed}) > 1
+    ]
+    if not ws:
+        return _declined("numa_local", "no worker with its memory on a node may leave it")
+    local = total = 0
+    away: dict[str, Any] = {}
+    for s in p.samples:
+        on = {c.curr_pid: i for i, c in enumerate(s.cpus) if _busy(c)}
+        for w in ws:
+            cpu = on.get(w.pid)
+            if cpu is None:
+                continue
+            total += 1
+            if topo.node_of(cpu) == w.mem_node:
+                local += 1
+            else:
+                away = away or {"at_s": round(s.t, 2), "worker": w.who, "cpu": cpu,
+                                "mem_node": w.mem_node}  # fmt: skip
+    if total < MIN_SAMPLES:
+        return _declined("numa_local", f"{total} samples saw such a worker running")
+    what = f"{len(ws)} memory-bound workers ran on their memory's node"
+    return _verdict("numa_local", _pct(local, total), floor, total, what, first_away=away)
+
+
+CHECKS = (
+    ("min_spread_out_pct", spread_out),
+    ("min_together_pct", together),
+    ("min_numa_local_pct", numa_local),
+)
+
+
+def placement_findings(p: Placement | None, limits: dict[str, float]) -> list[Found]:
+    """The placement checks ``limits`` turns on (threshold name -> floor %)."""
+    out: list[Found] = []
+    for name, check in CHECKS:
+        if name not in limits:
+            continue
+        if p is None or not p.samples:
+            out.append(_declined(check.__name__, "no monitor samples of the workload"))
+        else:
+            out.append(check(p, limits[name]))
+    return out

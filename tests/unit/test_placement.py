@@ -1,0 +1,164 @@
+"""Placement and interactive-latency checks on synthetic monitor samples and
+reports: each passes where the scheduler placed well, fails where it did
+not, and declines where it does not apply."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ktstr.evaluate.latency import interactive_ratio
+from ktstr.evaluate.placement import (
+    Placed,
+    Placement,
+    numa_local,
+    placement_findings,
+    settled,
+    spread_out,
+    together,
+)
+from ktstr.evaluate.stats import Group, Sample
+from ktstr.inspect.sample import CpuState, ScxState, Task
+from ktstr.inspect.sample import Sample as Tick
+from ktstr.protocol.messages import WorkerReport
+from ktstr.spec.ledger import Terms
+from ktstr.spec.topology import Topology
+
+SMT = Topology.parse("1n2l2c2t")  # cores {0,1} {2,3} | {4,5} {6,7}; LLCs 0-3, 4-7
+NUMA = Topology.parse("2n2l2c1t")  # node 0: 0,1; node 1: 2,3
+ALL8 = tuple(range(8))
+
+
+def cpu(pid: int = 0, nr: int | None = None) -> CpuState:
+    running = pid != 0
+    return CpuState(
+        nr_running=(1 if running else 0) if nr is None else nr,
+        scx_nr_running=0,
+        local_dsq=0,
+        clock=0,
+        curr_pid=pid,
+        curr_comm="w" if running else "swapper",
+        curr_class="fair" if running else "idle",
+        idle=not running,
+    )
+
+
+def tick(t: float, pids: list[int], waiting: tuple[Task, ...] = (), nr: dict | None = None) -> Tick:
+    nr = nr or {}
+    return Tick(t, 0, tuple(cpu(p, nr.get(i)) for i, p in enumerate(pids)), ScxState(), waiting)
+
+
+def spinners(n: int) -> tuple[Placed, ...]:
+    return tuple(Placed(100 + i, f"cg[{i}]", ALL8, cpu_bound=True) for i in range(n))
+
+
+def test_spinners_on_distinct_cores_pass_and_siblings_beside_an_idle_core_fail():
+    good = [tick(i / 10, [100, 0, 101, 0, 0, 0, 0, 0]) for i in range(20)]
+    check, cls, msg, ev = spread_out(Placement(SMT, spinners(2), tuple(good)), 95.0)
+    assert (check, cls, ev["pct"]) == ("spread_out", "info", 100.0)
+    # 2 of 20 samples put both on one core (0,1) while cores are idle: 90 %
+    bad = good[:18] + [tick(2.0 + i, [100, 101, 0, 0, 0, 0, 0, 0]) for i in range(2)]
+    check, cls, msg, ev = spread_out(Placement(SMT, spinners(2), tuple(bad)), 95.0)
+    assert cls == "fail" and ev["pct"] == 90.0 and ev["first_bad"]["doubled_cores"] == ["0-1"]
+    assert "want >= 95%" in msg
+
+
+def test_an_idle_llc_beside_a_queue_is_bad_spreading_too():
+    queued = [tick(i / 10, [100, 0, 101, 0, 0, 0, 0, 0], nr={0: 2}) for i in range(10)]
+    _, cls, _, ev = spread_out(Placement(SMT, spinners(2), tuple(queued)), 95.0)
+    assert cls == "fail" and ev["first_bad"]["queued_cpus"] == "0"
+
+
+def test_spread_out_declines_when_spinners_fill_the_cores():
+    p = Placement(SMT, spinners(4), tuple(tick(i, [100, 0] * 4) for i in range(20)))
+    _, cls, msg, _ = spread_out(p, 95.0)
+    assert cls == "info" and "not judged: 4 CPU-bound workers for 4 cores" in msg
+
+
+def test_spread_out_declines_on_too_few_samples():
+    p = Placement(SMT, spinners(1), tuple(tick(i, [100] + [0] * 7) for i in range(3)))
+    assert "not judged: 3 samples" in spread_out(p, 95.0)[2]
+
+
+def pair(team: str = "pairs#0") -> tuple[Placed, ...]:
+    return (Placed(10, "p[0]", ALL8, team=team), Placed(11, "p[1]", ALL8, team=team))
+
+
+def test_a_pair_in_one_llc_is_together_and_split_across_llcs_is_not():
+    # they alternate: one runs, the other was last seen (queued or running) nearby
+    same = [tick(i / 10, [10 if i % 2 else 0, 0, 11 if i % 2 == 0 else 0, 0, 0, 0, 0, 0])
+            for i in range(20)]  # fmt: skip
+    _, cls, _, ev = together(Placement(SMT, pair(), tuple(same)), 95.0)
+    assert cls == "info" and ev["pct"] == 100.0
+    split = [tick(i / 10, [10, 0, 0, 0, 11 if i % 2 else 0, 0, 0, 0]) for i in range(20)]
+    _, cls, _, ev = together(Placement(SMT, pair(), tuple(split)), 95.0)
+    assert cls == "fail" and ev["pct"] == 0.0
+    assert ev["first_apart"]["cpus"] == {"p[0]": 0, "p[1]": 4}
+
+
+def test_queued_members_count_as_placed():
+    ticks = [tick(i / 10, [10] + [0] * 7, waiting=(Task(11, "w", 5, 1.0),)) for i in range(12)]
+    _, cls, _, ev = together(Placement(SMT, pair(), tuple(ticks)), 95.0)
+    assert cls == "fail" and ev["samples"] == 12
+
+
+def test_together_declines_for_teams_confined_to_one_llc():
+    confined = (Placed(10, "a", (0, 1, 2, 3), team="t"), Placed(11, "b", (0, 1, 2, 3), team="t"))
+    ticks = tuple(tick(i, [10, 11] + [0] * 6) for i in range(20))
+    assert "not judged" in together(Placement(SMT, confined, ticks), 95.0)[2]
+    assert "not judged" in together(Placement(SMT, spinners(2), ticks), 95.0)[2]
+
+
+def test_numa_local_counts_samples_on_the_memory_node():
+    ws = (Placed(20, "copy[0]", (0, 1, 2, 3), mem_node=0),
+          Placed(21, "copy[1]", (0, 1, 2, 3), mem_node=1))  # fmt: skip
+    home = tuple(tick(i, [20, 0, 21, 0]) for i in range(10))
+    assert numa_local(Placement(NUMA, ws, home), 95.0)[3]["pct"] == 100.0
+    swapped = home + tuple(tick(10 + i, [21, 0, 20, 0]) for i in range(10))
+    _, cls, _, ev = numa_local(Placement(NUMA, ws, swapped), 95.0)
+    assert cls == "fail" and ev["pct"] == 50.0 and ev["first_away"]["worker"] == "copy[0]"
+    unknown = (Placed(20, "copy[0]", (0, 1, 2, 3)),)
+    assert "not judged" in numa_local(Placement(NUMA, unknown, home), 95.0)[2]
+
+
+def test_findings_only_for_checks_turned_on_and_none_without_samples():
+    p = Placement(SMT, spinners(2), ())
+    assert placement_findings(p, {}) == []
+    (got,) = placement_findings(p, {"min_spread_out_pct": 95.0})
+    assert got[1] == "info" and "no monitor samples" in got[2]
+    assert placement_findings(None, {"min_together_pct": 95.0})[0][0] == "together"
+
+
+def test_settled_keeps_each_window_after_its_first_fifth():
+    ticks = [tick(t, [0] * 8) for t in (0.5, 1.5, 2.5, 5.9, 6.5, 11.0)]
+    assert [s.t for s in settled(ticks, [(1.0, 6.0), (10.0, 10.0)])] == [2.5, 5.9]
+
+
+@given(st.lists(st.lists(st.integers(0, 3), min_size=8, max_size=8), max_size=40))
+def test_placement_checks_never_crash_and_stay_in_range(rows):
+    """Whatever the monitor saw (pids the reports name or not)."""
+    ticks = tuple(tick(i / 10, [0 if x == 0 else 99 + x for x in r]) for i, r in enumerate(rows))
+    p = Placement(SMT, (*spinners(2), *pair("t")), ticks)
+    for check in (spread_out, together, numa_local):
+        _, cls, _, ev = check(p, 95.0)
+        assert cls in ("info", "fail") and 0.0 <= ev.get("pct", 0.0) <= 100.0
+
+
+def report(index: int, **kw: object) -> WorkerReport:
+    return WorkerReport(cgroup="cg", index=index, pid=100 + index, wall_s=5.0, cpu_s=1.0, **kw)  # type: ignore[arg-type]
+
+
+def sample(r: WorkerReport, **how: object) -> Sample:
+    return Sample(r, ALL8, 5.0, how=Terms(**how))  # type: ignore[arg-type]
+
+
+def test_interactive_ratio_against_the_hogs_timeslice():
+    hogs = [sample(report(i, on_cpu_ms=4000.0, timeslices=400), cpu_bound=True) for i in range(2)]
+    quick = sample(report(9, wake_lat_us=[100.0] * 9 + [9000.0]), kind="interactive")
+    groups = (Group("hogs", tuple(hogs)), Group("i", (quick,)))
+    _, cls, msg, ev = interactive_ratio(groups, 0.5)
+    assert (cls, ev["hog_slice_ms"], ev["p90_wake_ms"], ev["ratio"]) == ("info", 10.0, 0.1, 0.01)
+    slow = sample(report(9, wake_lat_us=[8000.0] * 10), kind="interactive")
+    _, cls, msg, ev = interactive_ratio((Group("hogs", tuple(hogs)), Group("i", (slow,))), 0.5)
+    assert cls == "fail" and ev["ratio"] == 0.8 and msg.endswith("> 0.5")
+    assert "not judged" in interactive_ratio((Group("hogs", tuple(hogs)),), 0.5)[2]
