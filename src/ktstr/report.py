@@ -207,6 +207,8 @@ def to_text(rec: RunRecord) -> str:
     kernel = f"Linux {rec.kernel['version']}, " if rec.kernel.get("version") else ""
     lines = [f"{v.status.value.upper()} {rec.test} [{rec.topology}, {sched}, {kernel}{accel}]"]
     lines += [f"  {f.message}" for f in v.findings if f.cls == "fail"]
+    if v.status is Status.SKIP:  # why, and nothing measured to show
+        return "\n".join([*lines, *(f"  skipped: {f.message}" for f in v.findings)])
     lines += format_stats(v.stats)
     lines += [f"  {f.check}: {f.message}" for f in v.findings
               if f.cls == "info" and f.check in SHAPE_CHECKS]  # fmt: skip
