@@ -3,12 +3,15 @@ parallel children (plain functions here; tests/vm runs VMs through it)."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
+import re
 import time
 
 import pytest
 
-from ktstr.cli.jobs import Hooks, Progress, fmt_eta, run_jobs
+from ktstr.cli.jobs import Board, Hooks, Progress, fmt_eta, run_jobs, terminal
 
 
 def hooks(lines, done):
@@ -49,3 +52,33 @@ def test_the_estimate_follows_the_measured_pace():
     p.spent += [30.0, 30.0]  # runs take 3x the estimate here
     assert p.eta([1, 2], [], 2) == pytest.approx(30.0)
     assert fmt_eta(75) == "~1m15s left" and fmt_eta(9.6) == "~10s left"
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_live_line_per_running_job_and_output_above_it(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    term = Tty()
+    assert terminal(term) is term and terminal(io.StringIO()) is None
+    monkeypatch.setenv("TERM", "dumb")
+    assert terminal(term) is None
+    lines: list = []
+    h = dataclasses.replace(hooks(lines, []), live=term)
+    out, lost = run_jobs([1, 2], lambda j: time.sleep(1.3) or j, h, parallel=2)
+    assert out == [1, 2] and lost == []
+    shown = term.getvalue()
+    assert re.search(r"  > job1  \ds of ~1s\n  > job2  \ds of ~1s\n", shown)  # a line each, live
+    # every redraw first moves up over the lines it drew and erases them
+    assert shown.count("\x1b[2F\x1b[J") >= 1 and shown.endswith("\x1b[J")
+
+
+def test_the_board_redraws_in_place():
+    term = Tty()
+    b = Board(term)
+    b.draw(["a", "b"])
+    b.draw(["c"])
+    b.clear()
+    assert term.getvalue() == "a\nb\n\x1b[2F\x1b[Jc\n\x1b[1F\x1b[J"

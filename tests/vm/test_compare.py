@@ -19,11 +19,13 @@ def test_repeat_trials_and_compare(kernel, isolated):
     assert ra.returncode == 0, ra.stdout + ra.stderr
     assert "steady [1n2l2c1t, Linux" in ra.stdout and "2/2 passed (100%" in ra.stdout
     t = ktstr("compare", "steady", "--b-scheduler", "scx_simple", "--trials", "2", "--duration",
-              "1", "--results", str(isolated / "t"), "--no-calibrate", env=env)  # fmt: skip
+              "1", "--results", str(isolated / "t"), "--no-calibrate", "-j", "2",
+              env=env)  # fmt: skip
     assert t.returncode == 0, t.stdout + t.stderr
     assert "A: EEVDF on Linux" in t.stdout and "B: scx_simple on Linux" in t.stdout
     assert "cg0.work_rate" in t.stdout and "metrics compared" in t.stdout
     assert "trial 2/2 steady B: scx_simple" in t.stderr  # interleaved: A, B, A, B
+    assert "(2 running)" in t.stderr  # -j 2: two VMs at once
     assert "calibrating" not in t.stderr and "uncalibrated (p-values alone" in t.stdout
     (run_dir,) = (isolated / "t").iterdir()
     page = isolated / "cmp.html"

@@ -51,9 +51,11 @@ def _side(args: argparse.Namespace, which: str) -> tuple[Any, Any]:
 
 def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
     """N trials of every scenario on both sides, interleaved (A, B, A, B,
-    ...) so that whatever drifts on the host hits both alike."""
+    ...) so that whatever drifts on the host hits both alike; ``-j N`` runs
+    N at once (A and B of a trial side by side) within the vCPU budget."""
+    from ktstr.cli.jobs import Hooks, run_jobs, terminal
     from ktstr.cli.run import _chain
-    from ktstr.host.results import new_run_dir
+    from ktstr.host.results import measured_costs, new_run_dir
     from ktstr.runner import check_payload_tools, execute
     from ktstr.spec.catalog import SCENARIOS
     from ktstr.spec.plan import resolve
@@ -66,15 +68,36 @@ def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
     for plan in plans:
         check_payload_tools(plan)
     dirs = {w: root / w for w in sides}
-    for trial in range(1, args.trials + 1):
-        for plan in plans:
-            for w, (base, sched) in sides.items():
-                label = sched.name if sched else "EEVDF"
-                print(f"== trial {trial}/{args.trials} {plan.scenario} {w.upper()}: {label}",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                out = new_run_dir(dirs[w], f"{plan.scenario}-{base.topology}")
-                execute(dataclasses.replace(base, name=plan.scenario), plan, sched,
-                        _chain(SCENARIOS[plan.scenario], args), out)  # fmt: skip
+    jobs = [(t, plan, w) for t in range(1, args.trials + 1) for plan in plans for w in sides]
+    measured = measured_costs(results_root())
+
+    def one(job: tuple[int, Any, str]) -> Any:
+        _, plan, w = job
+        base, sched = sides[w]
+        out = new_run_dir(dirs[w], f"{plan.scenario}-{base.topology}")
+        chain = _chain(SCENARIOS[plan.scenario], args, sched_ext=sched is not None)
+        return execute(dataclasses.replace(base, name=plan.scenario), plan, sched, chain, out)
+
+    def describe(job: tuple[int, Any, str]) -> str:
+        t, plan, w = job
+        sched = sides[w][1]
+        label = sched.name if sched else "EEVDF"
+        return f"trial {t}/{args.trials} {plan.scenario} {w.upper()}: {label}"
+
+    hooks: Hooks[tuple[int, Any, str], Any] = Hooks(
+        cpus=lambda j: sides[j[2]][0].topology.cpus,
+        describe=describe,
+        estimate=lambda j: measured.get(j[1].scenario, j[1].duration_s + 10.0),
+        on_start=lambda line: print(f"== {line}", file=sys.stderr, flush=True),
+        on_done=lambda j, rec: None,
+        live=terminal(sys.stderr),
+    )
+    _, lost = run_jobs(jobs, one, hooks, parallel=args.jobs)
+    if lost:
+        raise ConfigError(
+            f"{len(lost)} trial(s) left no result: {lost[0]}",
+            hint="run the comparison without -j to see why",
+        )
     return dirs["a"], dirs["b"]
 
 
@@ -233,6 +256,8 @@ def add_compare_parser(sub: Any) -> None:
     add_vm_args(p)
     p.add_argument("--trials", type=count(0, 1000), default=0, metavar="N",
                    help="run N trials of each side, interleaved, then compare")  # fmt: skip
+    p.add_argument("-j", "--jobs", type=count(1, 64), default=1, metavar="N",
+                   help="trials at once (VMs), within the vCPU budget")  # fmt: skip
     p.add_argument("--duration", type=finite(), default=None, metavar="S")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--results", metavar="DIR", help="where the trials' results go")

@@ -11,14 +11,16 @@ what ended, how many are left and an estimate of the time that takes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 from ktstr.host.slots import vcpu_slots
 
@@ -60,6 +62,43 @@ class Hooks(Generic[J, R]):
     estimate: Callable[[J], float]  # seconds, before anything was measured
     on_start: Callable[[str], None]  # a progress line
     on_done: Callable[[J, R], None]
+    #: Where a live status line per running VM goes (a terminal), if anywhere.
+    live: TextIO | None = None
+
+
+class Board:
+    """One status line per running job at the foot of a terminal, redrawn in
+    place; other output goes above it (``clear`` first, then ``draw``)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.shown = 0
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write(f"\x1b[{self.shown}F\x1b[J")  # up to the board's top, erase below
+            self.out.flush()
+            self.shown = 0
+
+    def draw(self, lines: list[str]) -> None:
+        self.clear()
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        for line in lines:
+            self.out.write(line[:width] + "\n")
+        self.out.flush()
+        self.shown = len(lines)
+
+
+def terminal(out: TextIO) -> TextIO | None:
+    """``out`` if it is a terminal that takes cursor movement, else None."""
+    isatty = getattr(out, "isatty", None)
+    ok = callable(isatty) and isatty() and os.environ.get("TERM", "dumb") != "dumb"
+    return out if ok else None
+
+
+def status(label: str, elapsed: float, expected: float) -> str:
+    """A running job's line: what, for how long, of about how long."""
+    return f"  > {label}  {elapsed:.0f}s of ~{expected:.0f}s"
 
 
 def fmt_eta(seconds: float) -> str:
@@ -113,8 +152,14 @@ def _parallel(
     running: dict[Any, tuple[int, J, Any, float]] = {}  # conn -> (index, job, process, t0)
     results: dict[int, R] = {}
     lost: list[str] = []
+    board = Board(hooks.live) if hooks.live is not None else None
+    hooks = _above(hooks, board)
     try:
         while pending or running:
+            if board is not None:
+                now = time.monotonic()
+                board.draw([status(hooks.describe(j), now - t, hooks.estimate(j))
+                            for _, j, _, t in running.values()])  # fmt: skip
             while pending and len(running) < width:
                 i, job = pending.pop(0)
                 rd, wr = ctx.Pipe(duplex=False)
@@ -147,7 +192,26 @@ def _parallel(
     except BaseException:
         _stop_children([p for _, _, p, _ in running.values()])
         raise
+    finally:
+        if board is not None:
+            board.clear()
     return [results[i] for i in sorted(results)], lost
+
+
+def _above(hooks: Hooks[J, R], board: Board | None) -> Hooks[J, R]:
+    """``hooks`` whose output clears the board first (it is redrawn after)."""
+    if board is None:
+        return hooks
+
+    def start(line: str) -> None:
+        board.clear()
+        hooks.on_start(line)
+
+    def done(job: J, rec: R) -> None:
+        board.clear()
+        hooks.on_done(job, rec)
+
+    return dataclasses.replace(hooks, on_start=start, on_done=done)
 
 
 def _stop_children(procs: list[Any]) -> None:

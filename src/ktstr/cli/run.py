@@ -56,11 +56,16 @@ def _scheduler_def(args: argparse.Namespace) -> Scheduler | None:
     return load_scheduler(value)
 
 
-def _chain(scenario: Scenario | None, args: argparse.Namespace) -> Thresholds:
-    """defaults -> scheduler definition -> scenario -> --threshold."""
+def _chain(
+    scenario: Scenario | None, args: argparse.Namespace, *, sched_ext: bool | None = None
+) -> Thresholds:
+    """defaults (EEVDF's or sched_ext's) -> scheduler definition -> scenario
+    -> --threshold."""
     sdef = _scheduler_def(args)
+    if sched_ext is None:
+        sched_ext = bool(getattr(args, "scheduler", None))
     return merge(
-        defaults_for(bool(getattr(args, "scheduler", None))),
+        defaults_for(sched_ext),
         sdef.thresholds if sdef else None,
         scenario.thresholds if scenario else None,
         Thresholds.parse(args.threshold),
@@ -184,7 +189,7 @@ def _run_all(
     args: argparse.Namespace, jobs: list[_Job], root: Path
 ) -> tuple[list[RunRecord], list[str]]:
     """Every job, one VM each, ``-j`` at a time, with progress lines."""
-    from ktstr.cli.jobs import Hooks, run_jobs
+    from ktstr.cli.jobs import Hooks, run_jobs, terminal
 
     out = sys.stderr if args.ktap else sys.stdout
     measured = measured_costs(root)  # scenario -> seconds its last run took here
@@ -216,6 +221,7 @@ def _run_all(
         estimate=estimate,
         on_start=lambda line: print(f"== {line}", file=out, flush=True),
         on_done=done,
+        live=terminal(out),
     )
     return run_jobs(jobs, one, hooks, parallel=args.jobs)
 
