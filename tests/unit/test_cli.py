@@ -171,3 +171,16 @@ def test_guest_exit_status_is_a_shell_status():
     assert [shell_status(c) for c in (0, 7, 255, 256, 4096, -9, -15)] == [
         0, 7, 255, 255, 255, 137, 143
     ]  # fmt: skip
+
+
+def test_run_takes_several_topologies_or_every_preset_that_fits():
+    from ktstr.cli.run import topologies
+    from ktstr.spec.topology import PRESET_LIST
+
+    two = topologies("1n2l2c1t, smt-2llc", None, None)
+    assert [str(t) for t in two] == ["1n2l2c1t", "1n2l2c2t"]
+    every = topologies("presets", 256, None)
+    assert len(every) == len(PRESET_LIST) and every[-1].cpus == 252
+    small = topologies("presets", 64, 16)
+    assert small and all(t.cpus <= 16 for t in small)
+    assert [t.cpus for t in topologies("presets", 64, None)][-1] == 64  # NR_CPUS bounds it

@@ -243,12 +243,12 @@ def test_signals_mid_run_clean_up(kernel, isolated, qemu_pids, case):
 
 
 def test_parallel_runs_overlap_and_sigterm_cleans_up_every_vm(kernel, isolated, qemu_pids):
-    """``ktstr run -j 2``: two VMs at once with progress lines; SIGTERM to
+    """``ktstr run -j 2`` over two topologies: two VMs at once with progress lines; SIGTERM to
     the parent reaches both children, and each cleans up its own VM."""
     env = {"TMPDIR": str(isolated / "tmp"), "KTSTR_RESULTS": str(isolated / "ok")}
     done = subprocess.run(
-        [sys.executable, "-m", "ktstr", "run", "steady", "spread_out", "--duration", "1",
-         "--topology", "1n1l2c1t", "-j", "2"],
+        [sys.executable, "-m", "ktstr", "run", "steady", "--duration", "1",
+         "--topology", "1n1l2c1t,1n2l2c1t", "-j", "2"],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -257,6 +257,7 @@ def test_parallel_runs_overlap_and_sigterm_cleans_up_every_vm(kernel, isolated, 
     docs = [json.loads(p.read_text()) for p in (isolated / "ok").glob("*/result.json")]
     spans = sorted((d["durations"]["started_at"], d["durations"]["total_s"]) for d in docs)
     assert len(spans) == 2 and spans[1][0] < spans[0][0] + spans[0][1], "the VMs did not overlap"
+    assert {d["topology"] for d in docs} == {"1n1l2c1t", "1n2l2c1t"}  # one run per topology
 
     tmp = isolated / "tmp"
     proc = run_cli("run", "steady", "steady", "--duration", "30", "--topology", "1n1l2c1t",

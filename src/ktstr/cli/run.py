@@ -45,7 +45,7 @@ from ktstr.spec.checks import Thresholds, defaults_for, merge, scaled, timing_sc
 from ktstr.spec.plan import Plan, resolve
 from ktstr.spec.scenario import Scenario
 from ktstr.spec.scheduler import Scheduler, load_scheduler
-from ktstr.spec.topology import Topology
+from ktstr.spec.topology import PRESET_LIST, Topology
 
 
 def _scheduler_def(args: argparse.Namespace) -> Scheduler | None:
@@ -96,8 +96,20 @@ def _scheduler_run(args: argparse.Namespace, kernel: kern.Kernel) -> SchedulerRu
     return None
 
 
+def topologies(text: str, nr_cpus: int | None, max_vcpus: int | None) -> list[Topology]:
+    """``--topology`` of ``ktstr run``: one shape or preset, several
+    (comma-separated), or ``presets``: every preset the kernel's NR_CPUS and
+    ``--max-vcpus`` allow, small to large."""
+    if text == "presets":
+        return [p.topology for p in PRESET_LIST
+                if p.topology.cpus <= min(nr_cpus or 8192, max_vcpus or 8192)]  # fmt: skip
+    return [Topology.parse(t.strip()) for t in text.split(",") if t.strip()]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    names = args.scenarios or ["steady"]
+    if args.all and args.scenarios:
+        raise ConfigError("--all runs every canned scenario: name none, or drop --all")
+    names = list(SCENARIOS) if args.all else args.scenarios or ["steady"]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigError(
@@ -107,20 +119,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         _chain(SCENARIOS[n], args)  # bad --threshold fails before any boot
     root = _check_outputs(args)
     kernels = [kern.resolve_kernel(k) for k in (args.kernel or [None])]
+    topos = topologies(args.topology, min((k.nr_cpus or 8192) for k in kernels), args.max_vcpus)
+    if not topos:
+        raise ConfigError(f"no topology in {args.topology!r} fits", hint="'ktstr topologies'")
+    one = argparse.Namespace(**{**vars(args), "topology": str(topos[0])})
     bases = [
         dataclasses.replace(
-            boot_request(args, {}, kernel=k, name="run"), num_snapshots=args.snapshots
+            boot_request(one, {}, kernel=k, name="run"), num_snapshots=args.snapshots
         )
         for k in kernels
     ]
-    plans = [resolve(SCENARIOS[n], bases[0].topology, args.duration) for n in names]
-    for plan in plans:
+    plans = {t: [resolve(SCENARIOS[n], t, args.duration) for n in names] for t in topos}
+    for plan in plans[topos[0]]:
         check_payload_tools(plan)
     scheds = [_scheduler_run(args, b.kernel) for b in bases]  # each kernel's own build
     jobs = [
-        _Job(base, sched, plan, len(kernels) > 1)
+        _Job(dataclasses.replace(base, topology=t), sched, plan, len(kernels) > 1)
         for base, sched in zip(bases, scheds, strict=True)
-        for plan in plans
+        for t in topos
+        for plan in plans[t]
         for _ in range(args.repeat)
     ]
     records, lost = _run_all(args, jobs, root)
@@ -136,7 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed and not args.ktap:
         print(
             f"{len(failed)} of {len(records)} failed; re-run one with: "
-            f"{_rerun_command(args, failed[0].scenario, failed[0].kernel, len(kernels) > 1)}"
+            + _rerun_command(
+                args, failed[0].scenario, failed[0].kernel, len(kernels) > 1, failed[0].topology
+            )
         )
     for line in lost:
         print(f"ktstr: no result: {line}; hint: run that scenario alone (without -j) to see why",
@@ -227,9 +246,9 @@ def _run_all(
 
 
 def _rerun_command(
-    args: argparse.Namespace, scenario: str, kernel: dict[str, str], matrix: bool
+    args: argparse.Namespace, scenario: str, kernel: dict[str, str], matrix: bool, topology: str
 ) -> str:
-    argv = ["ktstr", "run", scenario, "--topology", args.topology]
+    argv = ["ktstr", "run", scenario, "--topology", topology]
     if matrix:
         argv += ["--kernel", kernel["dir"]]
     elif args.kernel:
@@ -284,6 +303,15 @@ def add_run_parsers(sub: Any) -> None:
     )
     add_vm_args(p, many_kernels=True)
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: steady")
+    p.add_argument("--all", action="store_true", help="every canned scenario ('ktstr list')")
+    p.add_argument(
+        "--max-vcpus",
+        type=count(1, 8192),
+        default=None,
+        metavar="N",
+        help="--topology takes A,B,... or 'presets' (every preset the kernel fits); "
+        "with presets, only those of at most N vCPUs",
+    )
     p.add_argument(
         "--duration",
         type=finite(),
