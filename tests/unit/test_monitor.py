@@ -174,6 +174,26 @@ def test_imbalance_must_be_sustained_and_is_judged_per_cpuset():
     assert "rq_imbalance" not in split.findings
 
 
+def test_bursts_that_move_between_cpus_are_no_imbalance_stacking_is():
+    """hackbench-like storms: every sample one CPU holds a burst, a different
+    one each time (seen under EEVDF: [4,3,4,2,6,1,2,3]). Averaged over the
+    sustain window the CPUs carry alike; a burst that stays is stacking."""
+
+    def frames(pick):
+        out = []
+        for t in range(12):
+            loads = [1, 1, 1, 1]
+            loads[pick(t)] = 7
+            out.append(sample(t / 10, [cpu(n, clock=t) for n in loads]))
+        return out
+
+    storm = feed(MonitorJudge(MonitorLimits(), ((0, 1, 2, 3),)), frames(lambda t: t % 4))
+    assert "rq_imbalance" not in storm.findings and storm.max_imbalance == 7.0
+    stuck = feed(MonitorJudge(MonitorLimits(), ((0, 1, 2, 3),)), frames(lambda t: 2))
+    f = stuck.findings["rq_imbalance"]
+    assert f.evidence["mean"] == [1.0, 1.0, 7.0, 1.0] and "on average over 5 samples" in f.message
+
+
 def test_deep_local_queue_and_stuck_clock():
     j = MonitorJudge(MonitorLimits(max_local_dsq=50, max_rq_clock_lag_ms=300))
     for t in range(10):  # cpu1's clock and jiffies move on, cpu0's stands

@@ -5,8 +5,10 @@ condition to hold for ``sustain`` consecutive samples (one-sample noise is
 not a finding), and reports the first time it held, with the CPU(s), the
 time in the run and the sampled values:
 
-* ``rq_imbalance``: max / max(1, min) of the CPUs' load over the CPUs of
-  one cpuset group above ``max_imbalance``. The load is ``nr_running``
+* ``rq_imbalance``: max / max(1, min) of the CPUs' load, each averaged
+  over the last ``sustain`` samples, over the CPUs of one cpuset group
+  above ``max_imbalance`` (a burst that lands elsewhere each sample is no
+  imbalance; a CPU that stays loaded beside an idle one is). The load is ``nr_running``
   under the kernel's own classes; while a sched_ext scheduler is enabled it
   is what is committed to the CPU (its current sched_ext task, its local
   DSQ, and tasks of other classes), because a task waiting in a shared DSQ
@@ -30,6 +32,7 @@ sched_ext scheduler is enabled.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -100,6 +103,10 @@ class MonitorJudge:
     jiffy_ms: float = 1.0
     #: Per CPU: (clock, jiffies, highest clock of any CPU) when it last moved.
     _clocks: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    #: Per CPU group: (time, load per CPU) of its last ``sustain`` samples.
+    _loads: dict[tuple[int, ...], collections.deque[tuple[float, list[int]]]] = field(
+        default_factory=dict
+    )
 
     def _run(self, key: tuple[str, Any]) -> _Run:
         if key not in self._runs:
@@ -124,25 +131,35 @@ class MonitorJudge:
         self._waits(s)
 
     def _imbalance(self, s: Sample) -> None:
+        """Each CPU's load averaged over the last ``sustain`` samples: a CPU
+        that stays loaded while another stays idle is stacking; bursts that
+        land on different CPUs each time (message storms, forks) average
+        out."""
         lim, n = self.limits, len(s.cpus)
         scx = s.scx.enable_state == "SCX_ENABLED"
         for group in self.groups or (tuple(range(n)),):
             load = [cpu_load(s.cpus[c], scx) for c in group if c < n]
             if len(load) < 2:
                 continue
-            ratio = max(load) / max(1, min(load))
-            self.max_imbalance = max(self.max_imbalance, ratio)
-            over = lim.max_imbalance is not None and ratio > lim.max_imbalance
-            run = self._run(("imbalance", group))
-            if run.step(over, s.t) == lim.sustain:
+            self.max_imbalance = max(self.max_imbalance, max(load) / max(1, min(load)))
+            window = self._loads.setdefault(group, collections.deque(maxlen=lim.sustain))
+            if window and len(window[0][1]) != len(load):
+                window.clear()
+            window.append((s.t, load))
+            if lim.max_imbalance is None or len(window) < lim.sustain:
+                continue
+            mean = [round(sum(w[1][i] for w in window) / len(window), 1) for i in range(len(load))]
+            ratio = max(mean) / max(1.0, min(mean))
+            if ratio > lim.max_imbalance:
                 what = "tasks committed (current, local DSQ)" if scx else "nr_running"
                 self._found(
                     "rq_imbalance",
-                    f"run queues of cpus {_cpus(group)} unbalanced {ratio:.1f}x "
-                    f"({what} {load}) for {lim.sustain} samples",
-                    run.since,
+                    f"run queues of cpus {_cpus(group)} unbalanced {ratio:.1f}x on average "
+                    f"over {lim.sustain} samples ({what}, mean {mean}; last {load})",
+                    window[0][0],
                     cpus=list(group),
                     load=load,
+                    mean=mean,
                     sched_ext=scx,
                 )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from ktstr.spec.catalog_more import MORE
-from ktstr.spec.checks import Thresholds
 from ktstr.spec.cpuset import CpusetSpec
 from ktstr.spec.payload import Payload
 from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
@@ -140,10 +139,6 @@ CATALOG: tuple[Scenario, ...] = (
             )
         ],
         "sched_ext CI's smoke load: stress-ng cpu, fork and affinity stressors on every CPU",
-        # A smoke test: the scheduler survives and every stressor completes.
-        # Fork storms pile short-lived tasks on one run queue for moments
-        # under any scheduler; that imbalance is not what this load tests.
-        thresholds=Thresholds(max_imbalance=False),
     ),
     Scenario.of_defs(
         "hackbench_hogs",
@@ -154,10 +149,6 @@ CATALOG: tuple[Scenario, ...] = (
             CgroupDef(name="hogs", workers=2),
         ],
         "hackbench (process mode, sockets) beside CPU hogs in another cgroup",
-        # hackbench's message storms stack short-lived tasks on a few run
-        # queues for a second under EEVDF (seen at 8 CPUs: [4,3,4,2,6,1,2,3]);
-        # nr_running imbalance is no fault there
-        thresholds=Thresholds(max_imbalance=False),
     ),
     Scenario.of_defs(
         "cyclictest_noisy",

@@ -172,8 +172,7 @@ MORE: tuple[Scenario, ...] = (
     _of(CHURN, "fork_exec_storm",
         "fork + exec of /bin/true in a loop, one per CPU, beside hogs",
         CgroupDef("storm", workers=ONE, work=Work.fork_exec()),
-        CgroupDef("hogs", workers=HALF),
-        thresholds=Thresholds(max_imbalance=False)),  # process storms stack run queues
+        CgroupDef("hogs", workers=HALF)),
     _of(CHURN, "page_fault_churn",
         "map, touch and unmap 1 MiB in a loop, one per CPU: fault-heavy CPU work",
         CgroupDef("faults", workers=ONE, work=Work.page_faults(1024))),
@@ -192,10 +191,7 @@ MORE: tuple[Scenario, ...] = (
         "2 spinners per CPU with I/O, bursty and cache-heavy work beside",
         CgroupDef("hogs", workers=TWO), CgroupDef("io", workers=1, work=Work.io_sync()),
         CgroupDef("bursty", workers=HALF, work=Work.bursty(3, 7)),
-        CgroupDef("cache", workers=1, work=Work.cache_pressure(2048, 64)),
-        # sleepers waking in bursts stack run queues for moments (EEVDF on
-        # 6.12: [2,1,2,5]); nr_running imbalance is no fault there
-        thresholds=Thresholds(max_imbalance=False)),
+        CgroupDef("cache", workers=1, work=Work.cache_pressure(2048, 64))),
     _of(OVERLOAD, "lock_convoy",
         "one lock fought over by 2 workers per CPU (flock), beside hogs",
         CgroupDef("lockers", workers=TWO, work=Work.mutex_contention(4)),
