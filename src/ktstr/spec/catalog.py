@@ -139,6 +139,11 @@ CATALOG: tuple[Scenario, ...] = (
             )
         ],
         "sched_ext CI's smoke load: stress-ng cpu, fork and affinity stressors on every CPU",
+        # A smoke test: the scheduler survives and every stressor completes.
+        # Fork storms keep run queues uneven even averaged over 5 samples
+        # (EEVDF: mean [17.4, 3.2, 11.0, 12.2], every CPU busy); that is not
+        # what this load tests.
+        thresholds=Thresholds(max_imbalance=False),
     ),
     Scenario.of_defs(
         "hackbench_hogs",
@@ -149,6 +154,10 @@ CATALOG: tuple[Scenario, ...] = (
             CgroupDef(name="hogs", workers=2),
         ],
         "hackbench (process mode, sockets) beside CPU hogs in another cgroup",
+        # wake-affine placement keeps hackbench's senders and receivers
+        # stacked where they wake, even averaged over 5 samples (EEVDF: mean
+        # [1.2, 5.2, 2.0, 1.6], 25 tasks on one CPU); not a fault
+        thresholds=Thresholds(max_imbalance=False),
     ),
     Scenario.of_defs(
         "cyclictest_noisy",
