@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ktstr.spec.catalog_more import MORE
+from ktstr.spec.checks import Thresholds
 from ktstr.spec.cpuset import CpusetSpec
 from ktstr.spec.payload import Payload
 from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
