@@ -142,11 +142,11 @@ def test_scale_widens_timing_checks():
     assert evaluate(data, DEFAULTS, Scale(4.0, "TCG x4")).status is Status.PASS
 
 
-def spinners(*on_ms, cpus=(0,), static=True, cgroup="cg0", opaque=False, cpu_max=0.0):
+def spinners(*on_ms, cpus=(0,), static=True, cgroup="cg0", opaque=False, cpu_max=0.0, wall=2.0):
     from ktstr.evaluate.stats import Group, Sample
 
     return Group(cgroup, tuple(
-        Sample(worker_report(i, on_ms=ms, cpus=cpus, cgroup=cgroup), cpus, 2.0,
+        Sample(worker_report(i, on_ms=ms, cpus=cpus, cgroup=cgroup, wall=wall), cpus, 2.0,
                how=Terms(groups=((cgroup, 100),), cpu_bound=True, static=static, opaque=opaque,
                          cpu_max=cpu_max))
         for i, ms in enumerate(on_ms)
@@ -233,3 +233,8 @@ def test_cpu_max_caps_the_ideal_and_binds_where_the_scheduler_enforces_it():
     assert any("not judged for capped" in f.message for f in sx.findings)
     on = merge(defaults_for(sched_ext=True), Thresholds(max_bandwidth_pct=10.0))
     assert "bandwidth" in checks(evaluate(RunData(groups=(over, fair_split)), on))
+    # throttled workers stop late: their CPU counts over the time they held the cgroup
+    late = spinners(600, 600, cpus=cpus, cgroup="capped", cpu_max=0.5, wall=2.5)
+    (bw,) = [f for f in evaluate(RunData(groups=(late, free)), DEFAULTS).findings
+             if f.check == "bandwidth"]  # fmt: skip
+    assert bw.cls == "info" and bw.evidence["used_cpus"] == pytest.approx(1.2 / 2.5)

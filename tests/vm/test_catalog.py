@@ -36,7 +36,8 @@ SAMPLE = {
 #: strictly: some are near their bar.
 FINDINGS = {
     ("pairs_together", "scx_simple"): ("scx_simple leaves talking pairs on different LLCs "
-        "(together in 93 % of samples at 1n2l2c1t, 90 % at 2n2l2c1t; EEVDF 100 %)", "llcs"),
+        "(together in 93 % of samples at 1n2l2c1t, 89-90 % at 2n2l2c1t; EEVDF 100 %); at "
+        "1n2l2c2t a kworker pinned to the pairs' CPU waited 2.9 s in its shared DSQ", "llcs"),
     ("numa_local", "scx_simple"): ("scx_simple moves memory-bound workers off their memory's "
         "node (52 % local at 2n2l2c1t; EEVDF 100 %)", "nodes"),
 }  # fmt: skip
