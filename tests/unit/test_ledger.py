@@ -245,3 +245,12 @@ def test_a_kernel_without_cfs_bandwidth_skips_cpu_max_scenarios(tmp_path):
                       None, DEFAULTS, tmp_path / name)  # fmt: skip
         assert rec.status is Status.SKIP
         assert "lacks CONFIG_CFS_BANDWIDTH (cgroup cpu.max)" in rec.verdict.findings[0].message
+
+
+def test_a_hand_made_cpu_max_op_is_checked_when_planned():
+    from ktstr.spec.scenario import OpKind
+
+    raw = Op(kind=OpKind.SET_CPU_MAX, name="a", value=-5)  # not through Op.set_cpu_max
+    s = Scenario(name="raw", description="", steps=(Step(ops=(Op.add(CgroupDef("a")), raw)),))
+    with pytest.raises(ConfigError, match="set_cpu_max a: cpu_max must be 0"):
+        resolve(s, T, 1.0)

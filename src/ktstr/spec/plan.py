@@ -22,6 +22,7 @@ from ktstr.spec.scenario import (
     Op,
     OpKind,
     Scenario,
+    check_cpu_max,
 )
 from ktstr.spec.topology import Topology
 from ktstr.spec.work import SchedPolicy, Work
@@ -247,6 +248,7 @@ def _resolve_live_op(
         return PlanOp(kind=k, path=op.name, other=op.other, count=op.count)
     cg = need(op.name)
     if k is OpKind.SET_CPU_MAX:
+        check_cpu_max(f"set_cpu_max {op.name}", op.value / 1000)
         live[op.name] = replace(cg, cpu_max=op.value / 1000)
         return PlanOp(kind=k, path=op.name, value=op.value)
     if not 1 <= op.value <= 10000:
