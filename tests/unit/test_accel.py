@@ -111,3 +111,21 @@ def test_auto_boot_timeout_extends_the_hard_cap_by_the_same_budget(tmp_path):
     assert got.boot_timeout == st.boot_budget(4) and got.hard_cap == 100.0 + got.boot_timeout
     fixed = BootRequest(kernel=k, topology=req.topology, job={}, boot_timeout=9.0, hard_cap=100.0)
     assert with_boot_budget(fixed, st) is fixed
+
+
+def test_only_an_int3_oops_before_ready_under_mttcg_is_relaunched():
+    """QEMU's MTTCG races the kernel's int3 text patching as vCPUs come up:
+    relaunched like a QEMU abort. A panic after ready, any other oops, or
+    one under KVM or a single TCG thread stays the run's finding."""
+    from ktstr.runner.boot import GuestRun, Timings
+    from ktstr.runner.guest import tcg_boot_artifact
+
+    mt = AccelChoice(Accel.TCG, True, "")
+    booting = GuestRun(accel=mt, qemu=NEW)
+    oops = "guest kernel crashed: Oops: int3: 0000 [#1] SMP"
+    assert tcg_boot_artifact(oops, mt, booting)
+    assert not tcg_boot_artifact("guest kernel crashed: BUG: kernel NULL pointer", mt, booting)
+    assert not tcg_boot_artifact(oops, AccelChoice(Accel.TCG, False, ""), booting)
+    assert not tcg_boot_artifact(oops, AccelChoice(Accel.KVM, False, ""), booting)
+    ready = GuestRun(accel=mt, qemu=NEW, timings=Timings(ready=4.2))
+    assert not tcg_boot_artifact(oops, mt, ready)

@@ -37,6 +37,8 @@ from ktstr.host.coordinator import (
     Write,
 )
 from ktstr.host.kernel import kernel_in_use
+from ktstr.host.qemu import AccelChoice
+from ktstr.host.qemu_argv import Accel
 from ktstr.host.vm import Vm
 from ktstr.protocol.frames import encode_frame
 from ktstr.protocol.messages import (
@@ -88,8 +90,8 @@ def run_guest(
                     out.artifacts = vm.close(keep_evidence=True)
             if attempt > 1:
                 out.warnings.append(
-                    f"QEMU aborted during boot {attempt - 1} time(s) before the "
-                    "guest was ready and was relaunched (a known QEMU TCG race)"
+                    f"QEMU aborted or oopsed in int3 during boot {attempt - 1} time(s) before "
+                    "the guest was ready and was relaunched (known QEMU TCG races)"
                 )
             return out
         except QemuAbortError as exc:
@@ -99,10 +101,28 @@ def run_guest(
                 "QEMU aborted before the guest was ready (%s); relaunching",
                 exc.console_tail.strip().splitlines()[-1:] or "no output",
             )
+        except GuestPanicError as exc:
+            if attempt == BOOT_ABORT_ATTEMPTS or not tcg_boot_artifact(str(exc), accel, out):
+                exc.partial = out
+                raise
+            log.warning("int3 oops before the guest was ready (multi-threaded TCG); relaunching")
         except VmError as exc:
             exc.partial = out
             raise
     raise AssertionError("unreachable")
+
+
+def tcg_boot_artifact(panic: str, accel: AccelChoice, out: GuestRun) -> bool:
+    """An ``Oops: int3`` before the agent was ready, under multi-threaded TCG:
+    QEMU's race with the kernel's int3-based text patching (static keys flip
+    while secondary vCPUs come up), before any of the run's own code ran.
+    Relaunched like a QEMU abort; after ready, a panic stays a finding."""
+    return (
+        accel.accel is Accel.TCG
+        and accel.tcg_multithread
+        and out.timings.ready is None
+        and "Oops: int3" in panic
+    )
 
 
 class _RunEnded(Exception):
