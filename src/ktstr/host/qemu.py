@@ -81,8 +81,9 @@ class AccelChoice:
         called a boot timeout. Measured on a 2-CPU host (lpj preset, agent
         ready): KVM boots in seconds at any size; multi-threaded TCG costs
         about 0.3 s per vCPU (64 in 19 s); one TCG thread serializes every
-        cross-CPU wait over all vCPUs, so its cost grows with their square
-        (4 in 5.5 s, 64 in 456 s). Each budget is 60 s plus three times that.
+        cross-CPU wait over all vCPUs, so its cost grows faster than their
+        count and swings widely (4 in 5.5 s; 64 in 50 s one time, 354 s the
+        next), hence a square. Each budget is 60 s plus ample room.
         """
         if self.accel is Accel.KVM:
             return 60.0 + 0.5 * vcpus
