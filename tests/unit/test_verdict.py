@@ -238,3 +238,6 @@ def test_cpu_max_caps_the_ideal_and_binds_where_the_scheduler_enforces_it():
     (bw,) = [f for f in evaluate(RunData(groups=(late, free)), DEFAULTS).findings
              if f.check == "bandwidth"]  # fmt: skip
     assert bw.cls == "info" and bw.evidence["used_cpus"] == pytest.approx(1.2 / 2.5)
+    # a report cannot stretch the window without bound (plan 2 s: at most 4 s)
+    endless = spinners(1500, 1500, cpus=cpus, cgroup="capped", cpu_max=0.5, wall=1e9)
+    assert "bandwidth" in checks(evaluate(RunData(groups=(endless, free)), DEFAULTS))

@@ -24,6 +24,15 @@ def capped(group: Group) -> tuple[float, list[Sample]]:
     return max((s.how.cpu_max for s in ok), default=0.0), ok
 
 
+def held(ok: list[Sample]) -> float:
+    """How long the cgroup held its workers: the longest of their runs, at
+    least the planned time (throttled workers take a while to stop: 6.2 s
+    for a 5 s plan at 8 vCPUs under TCG), at most half as long again, so a
+    report's own ``wall_s`` cannot dilute the usage."""
+    plan = max(s.planned_s for s in ok)
+    return max(1e-3, min(max(s.report.wall_s for s in ok), 1.5 * plan + 1.0), plan)
+
+
 def bandwidth(groups: tuple[Group, ...], limit: float | None) -> list[Found]:
     out: list[Found] = []
     for g in groups:
@@ -35,10 +44,7 @@ def bandwidth(groups: tuple[Group, ...], limit: float | None) -> list[Found]:
                         "max_bandwidth_pct is off (sched_ext schedulers enforce cpu.max only "
                         "if they implement it)", {"cgroup": g.name}))  # fmt: skip
             continue
-        # over the time the cgroup held workers: throttled workers take a
-        # while to stop (6.2 s for a 5 s plan on 8 vCPUs under TCG)
-        window = max(max(s.report.wall_s, s.planned_s) for s in ok)
-        used = sum(s.report.on_cpu_ms / 1000 or s.report.cpu_s for s in ok) / max(window, 1e-3)
+        used = sum(s.cpu_used_s for s in ok) / held(ok)
         ev = {"cgroup": g.name, "used_cpus": round(used, 3), "cpu_max": cap, "limit_pct": limit}
         msg = f"{g.name} used {used:.2f} CPUs under cpu.max {cap:g}"
         if used > cap * (1 + limit / 100):

@@ -50,9 +50,12 @@ class Sample:
     @property
     def share(self) -> float:
         """CPUs it used on average over its planned run (0..1)."""
-        r = self.report
-        on = r.on_cpu_ms / 1000 or r.cpu_s
-        return max(0.0, min(1.0, on / self.seconds))
+        return max(0.0, min(1.0, self.cpu_used_s / self.seconds))
+
+    @property
+    def cpu_used_s(self) -> float:
+        """Its time on a CPU: schedstat's, else its own rusage."""
+        return self.report.on_cpu_ms / 1000 or self.report.cpu_s
 
     @property
     def seconds(self) -> float:
