@@ -20,7 +20,7 @@ from ktstr.report import phase_spent, phase_totals
 from ktstr.spec.catalog import CATALOG
 
 
-def one(width: int, names: list[str], duration: float, topology: str) -> None:
+def one(width: int, names: list[str], duration: float, topology: str) -> float:
     with tempfile.TemporaryDirectory(prefix="ktstr-suite-") as d:
         t0 = time.monotonic()
         argv = [sys.executable, "-m", "ktstr", "run", *names, "--duration", f"{duration:g}",
@@ -34,6 +34,7 @@ def one(width: int, names: list[str], duration: float, topology: str) -> None:
           f"{work:.0f}s, efficiency {work / wall:.0%}")  # fmt: skip
     spent = [phase_spent(doc["durations"].get("phases", {})) for doc in docs]
     print("  " + phase_totals([s for s in spent if s]))
+    return wall
 
 
 def main() -> None:
@@ -44,8 +45,11 @@ def main() -> None:
     ap.add_argument("--topology", default="1n2l2c1t")
     args = ap.parse_args()
     names = args.scenarios or [s.name for s in CATALOG if s.group != "payloads"]
-    for width in args.jobs:
-        one(width, names, args.duration, args.topology)
+    walls = {width: one(width, names, args.duration, args.topology) for width in args.jobs}
+    base = min(walls)
+    for width, wall in walls.items():
+        if width != base:
+            print(f"-j {width} against -j {base}: {walls[base] / wall:.2f}x faster")
 
 
 if __name__ == "__main__":
