@@ -2,14 +2,16 @@
 passes under EEVDF and under scx_simple. The whole sweep (about 15 minutes
 here with -n 2) is opt-in, ``KTSTR_CATALOG=1 pytest -n 2
 tests/vm/test_catalog.py``; ``KTSTR_CATALOG_TOPOLOGY`` picks other
-topologies (comma-separated) and ``KTSTR_CATALOG_SCHEDULERS`` the
-schedulers. The default run keeps a sample: the scenario that once failed
+topologies (comma-separated), ``KTSTR_CATALOG_SCHEDULERS`` the schedulers
+and ``KTSTR_CATALOG_REPEAT`` how many times each case runs (the bar is no
+false alarm in 5). The default run keeps a sample: the scenario that once failed
 under EEVDF itself (pinned_llc, a spread check comparing workers on unequal
 terms), the payload smoke load under a sched_ext scheduler, and a few of the
 newer work kinds and the share oracle."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 
@@ -25,6 +27,7 @@ from tests.vm.test_monitor import sched
 
 TOPOLOGIES = os.environ.get("KTSTR_CATALOG_TOPOLOGY", "1n2l2c1t").split(",")
 SCHEDULERS = os.environ.get("KTSTR_CATALOG_SCHEDULERS", "eevdf,scx_simple").split(",")
+REPEAT = int(os.environ.get("KTSTR_CATALOG_REPEAT", "1"))
 SAMPLE = {
     ("pinned_llc", "eevdf"), ("scx_smoke", "scx_simple"), ("request_response", "eevdf"),
     ("weighted_cgroups", "scx_simple"), ("pi_convoy", "eevdf"), ("bandwidth_cap", "eevdf"),
@@ -50,14 +53,13 @@ def _applies(needs: str, topology: str) -> bool:
 
 
 def cases():
-    for topo in TOPOLOGIES:
-        for name in SCENARIOS:
-            for s in SCHEDULERS:
-                sampled = (name, s) in SAMPLE and topo == TOPOLOGIES[0]
-                marks = [] if sampled else [pytest.mark.catalog]
-                if (name, s) in FINDINGS and _applies(FINDINGS[name, s][1], topo):
-                    marks.append(pytest.mark.xfail(reason=FINDINGS[name, s][0], strict=False))
-                yield pytest.param(name, s, topo, marks=marks, id=f"{name}-{s}-{topo}")
+    for topo, name, s, k in itertools.product(TOPOLOGIES, SCENARIOS, SCHEDULERS, range(REPEAT)):
+        sampled = (name, s) in SAMPLE and topo == TOPOLOGIES[0] and k == 0
+        marks = [] if sampled else [pytest.mark.catalog]
+        if (name, s) in FINDINGS and _applies(FINDINGS[name, s][1], topo):
+            marks.append(pytest.mark.xfail(reason=FINDINGS[name, s][0], strict=False))
+        suffix = f"-r{k + 1}" if REPEAT > 1 else ""
+        yield pytest.param(name, s, topo, marks=marks, id=f"{name}-{s}-{topo}{suffix}")
 
 
 @pytest.mark.parametrize(("name", "scheduler", "topology"), list(cases()))
