@@ -43,6 +43,21 @@ def test_fairness_spread(on_b, fails):
     assert ("fairness" in checks(v)) is fails
 
 
+def test_fairness_spread_is_unfair_only_where_a_worker_also_falls_short_of_its_peers():
+    """Light workers among 8 spinners on 8 CPUs (EEVDF, 1n2l2c2t): 2.2-3.0 s
+    of CPU in 5 s is a 15-point spread, yet each got 0.9 of the mean: per-CPU
+    queues, not a starved worker. With the share bar off the spread rules alone."""
+    light = [rep(i, on_ms=ms, wall=5.0) for i, ms in enumerate((2360, 2243, 2325, 2995))]
+    data = RunData(groups=(group("light", light, planned=5.0),))
+    assert evaluate(data, DEFAULTS).status is Status.PASS
+    (f,) = evaluate(data, merge(DEFAULTS, Thresholds(min_share_ratio=False))).failures
+    assert f.check == "fairness" and f.message == "light: off-CPU spread 15.0% > 15%"
+    starved = [rep(i, on_ms=ms) for i, ms in enumerate((1200, 1200, 200))]
+    (f,) = evaluate(RunData(groups=(group("cg0", starved),)), DEFAULTS).failures
+    assert f.message == "cg0: off-CPU spread 50.0% > 15%, p10 share 0.23 of the mean < 0.6"
+    assert f.evidence["ratio"] == pytest.approx(0.1 / (2.6 / 6))
+
+
 def test_fairness_needs_two_workers():
     assert judge([rep(on_ms=100.0)], Thresholds(max_spread_pct=1.0)).status is Status.PASS
 

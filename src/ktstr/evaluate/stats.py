@@ -166,14 +166,47 @@ def cgroup_stats(name: str, samples: Sequence[Sample]) -> CgroupStats:
     )
 
 
-def spread(ok: Sequence[Sample]) -> float:
-    """Off-CPU % spread (max - min) among workers on equal terms (same
-    cpuset, same pinning): workers pinned to different CPUs face different
+def _equal_terms(ok: Sequence[Sample]) -> list[list[Sample]]:
+    """Workers on equal terms (same cpuset, pinning, role, start...), in
+    buckets of two or more: workers pinned to different CPUs face different
     competition by design, so comparing them says nothing about fairness."""
-    by_terms: dict[Any, list[float]] = {}
+    by_terms: dict[Any, list[Sample]] = {}
     for s in ok:
-        by_terms.setdefault(s.terms, []).append(off_cpu_pct(s))
-    return max((max(v) - min(v) for v in by_terms.values() if len(v) > 1), default=0.0)
+        by_terms.setdefault(s.terms, []).append(s)
+    return [v for v in by_terms.values() if len(v) > 1]
+
+
+def spread(ok: Sequence[Sample]) -> float:
+    """Off-CPU % spread (max - min) among workers on equal terms."""
+    offs = [[off_cpu_pct(s) for s in v] for v in _equal_terms(ok)]
+    return max((max(v) - min(v) for v in offs), default=0.0)
+
+
+def unfair_spread(
+    ok: Sequence[Sample], max_pct: float, min_ratio: float | None
+) -> tuple[float, float] | None:
+    """The widest off-CPU spread among workers on equal terms that is over
+    ``max_pct`` points while the 10th percentile of their CPU shares is
+    under ``min_ratio`` of their mean (schtest's bar for equal weights;
+    ``None``: the spread alone), as (spread, ratio); None when there is none.
+
+    Both, because each alone misleads: in points, workers that each get
+    most of their due differ widely when per-CPU queues split them unevenly
+    (12 busy tasks on 8 CPUs: 2.2 s against 3.0 s of CPU under EEVDF), and
+    as a ratio, workers that sleep nearly always differ by a factor from
+    noise (10 ms against 25 ms).
+    """
+    worst: tuple[float, float] | None = None
+    for v in _equal_terms(ok):
+        offs = [off_cpu_pct(s) for s in v]
+        width = max(offs) - min(offs)
+        shares = [s.share for s in v]
+        mean = sum(shares) / len(shares)
+        ratio = percentile(shares, 10) / mean if mean > 0 else 1.0
+        unfair = width > max_pct and (min_ratio is None or ratio < min_ratio)
+        if unfair and (worst is None or width > worst[0]):
+            worst = (width, ratio)
+    return worst
 
 
 def run_stats(groups: Iterable[Group]) -> RunStats:

@@ -29,7 +29,7 @@ from ktstr.evaluate.stats import (
     ShareStats,
     percentile,
     run_stats,
-    spread,
+    unfair_spread,
 )
 from ktstr.spec.checks import Scale, Thresholds, scaled
 from ktstr.spec.topology import format_cpus
@@ -200,18 +200,18 @@ def _cgroup_checks(
     # CPU-bound workers the share oracle judged are held to their own ideal;
     # the spread check keeps the rest
     rest = [s for s in ok if not (oracle and s.how.cpu_bound)]
-    spread_pct = spread(rest) if oracle else c.spread_pct
-    if (
-        t.max_spread_pct not in (None, False)
-        and len(rest) >= 2
-        and spread_pct > float(t.max_spread_pct)
-    ):
+    cap, bar = _ratio(t.max_spread_pct), _ratio(t.min_share_ratio)
+    unfair = unfair_spread(rest, cap, bar) if cap is not None and len(rest) >= 2 else None
+    if unfair is not None:
+        width, ratio = unfair
         out.append(
             _fail(
                 "fairness",
-                f"{c.name}: off-CPU spread {spread_pct:.1f}% > {float(t.max_spread_pct):g}%",
+                f"{c.name}: off-CPU spread {width:.1f}% > {cap:g}%"
+                + (f", p10 share {ratio:.2f} of the mean < {bar:g}" if bar is not None else ""),
                 cgroup=c.name,
-                spread=spread_pct,
+                spread=width,
+                ratio=ratio,
             )
         )
     if t.max_throughput_cv not in (None, False) and len(ok) >= 2:
@@ -261,6 +261,11 @@ def _cgroup_checks(
     for err in c.errors:
         out.append(_fail("worker_error", f"{c.name}: worker failed: {err}", cgroup=c.name))
     return out
+
+
+def _ratio(v: float | bool | None) -> float | None:
+    """A threshold's number, or None when it is off."""
+    return None if v is None or v is False else float(v)
 
 
 def _share(t: Thresholds, groups: tuple[Group, ...], payloads: bool) -> ShareStats | None:
