@@ -96,6 +96,15 @@ def test_a_pair_in_one_llc_is_together_and_split_across_llcs_is_not():
     assert ev["first_apart"]["cpus"] == {"p[0]": 0, "p[1]": 4}
 
 
+def test_a_member_not_seen_lately_is_not_placed_at_its_old_cpu():
+    """10 was seen once, on cpu0 beside 11; then only 11, on cpu4, for 2 s:
+    where 10 is by then the samples do not say, so they do not judge."""
+    ticks = [tick(0.0, [10, 11, 0, 0, 0, 0, 0, 0])]
+    ticks += [tick(i / 10, [0, 0, 0, 0, 11, 0, 0, 0]) for i in range(1, 20)]
+    found = together(Placement(SMT, pair(), tuple(ticks)), 95.0)
+    assert found[1] == "info" and "6 samples placed a whole team" in found[2]
+
+
 def test_queued_members_count_as_placed():
     ticks = [tick(i / 10, [10] + [0] * 7, waiting=(Task(11, "w", 5, 1.0),)) for i in range(12)]
     _, cls, _, ev = together(Placement(SMT, pair(), tuple(ticks)), 95.0)

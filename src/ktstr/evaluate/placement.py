@@ -32,6 +32,14 @@ from ktstr.spec.topology import Topology, format_cpus
 #: Fewer judged samples than this and a placement check says nothing.
 MIN_SAMPLES = 10
 
+#: A team member last seen more samples ago than this is not placed: the
+#: monitor sees only running and sched_ext-queued tasks, and a pair that
+#: shares one CPU shows one member at a time, so an old sighting of the
+#: other says nothing about where it is now (EEVDF at 8 CPUs: one member
+#: seen on cpu6 in 8 samples of 1.6 s while the other, with as much CPU
+#: time, was not seen at all and counted at its last sighting on cpu2).
+FRESH_SAMPLES = 5
+
 #: (check, class "fail" | "info", message, evidence)
 Found = tuple[str, str, str, dict[str, Any]]
 
@@ -140,17 +148,19 @@ def together(p: Placement, floor: float) -> Found:
     }
     if not teams:
         return _declined("together", "no talking workers that may run on several LLCs")
-    last: dict[int, int] = {}
+    last: dict[int, tuple[int, int]] = {}  # pid -> (sample index, CPU) of its last sighting
     good = total = 0
     apart: dict[str, Any] = {}
-    for s in p.samples:
+    for i, s in enumerate(p.samples):
         seen = _seen(s)
-        last.update((pid, cpu) for pid, cpu in seen.items() if cpu < topo.cpus)
+        last.update((pid, (i, cpu)) for pid, cpu in seen.items() if cpu < topo.cpus)
         for name, ws in teams.items():
-            if not any(w.pid in seen for w in ws) or not all(w.pid in last for w in ws):
+            if not any(w.pid in seen for w in ws) or not all(
+                w.pid in last and i - last[w.pid][0] <= FRESH_SAMPLES for w in ws
+            ):
                 continue
             total += 1
-            where = {w.who: last[w.pid] for w in ws}
+            where = {w.who: last[w.pid][1] for w in ws}
             if len({topo.llc_of(c) for c in where.values()}) == 1:
                 good += 1
             else:
