@@ -145,6 +145,10 @@ CATALOG: tuple[Scenario, ...] = (
         # (EEVDF: mean [17.4, 3.2, 11.0, 12.2], every CPU busy); that is not
         # what this load tests.
         thresholds=Thresholds(max_imbalance=False),
+        # stress-ng starts its 3 stressors per CPU one by one: under one TCG
+        # thread at 8 vCPUs that took over 5 s, and stopped during start-up it
+        # exits 2 ("abort signal during startup", said only with -v).
+        duration_s=15.0,
     ),
     Scenario.of_defs(
         "hackbench_hogs",

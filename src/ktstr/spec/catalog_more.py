@@ -51,7 +51,11 @@ MORE: tuple[Scenario, ...] = (
     _of(FAIRNESS, "uneven_cgroups",
         "one spinner in one cgroup against 2 per CPU in another: per-task and per-cgroup "
         "fairness disagree, either is accepted",
-        CgroupDef("lone", workers=1), CgroupDef("crowd", workers=TWO)),
+        CgroupDef("lone", workers=1), CgroupDef("crowd", workers=TWO),
+        # EEVDF balances load, and the lone spinner weighs as much as the
+        # whole crowd: task counts stay uneven by design (4.4x and 5.0x
+        # averaged at 8 CPUs, mean [0.6, 2.2, 0.6, 0.6, 1.4, 1.2, 0.8, 4.4])
+        thresholds=Thresholds(max_imbalance=False)),
     _of(FAIRNESS, "per_core_pairs",
         "two spinners per core in one cgroup: equal shares among equals",
         CgroupDef("pairs", workers=Size.per_core(2))),
