@@ -78,6 +78,8 @@ def test_boot_timeout(kernel, isolated):
         run_guest(req)
     assert "boot_timeout" in str(exc.value) and "--boot-timeout" in exc.value.hint
     assert exc.value.artifacts is not None and exc.value.artifacts.is_dir()
+    # where each vCPU was: the one clue a boot that hangs silently leaves
+    assert "RIP=" in (exc.value.artifacts / "registers.txt").read_text()
 
 
 def test_boot_timeout_from_cli_is_one_line_and_no_traceback(kernel, isolated):

@@ -302,6 +302,7 @@ def _act(vm: Vm, out: GuestRun, action: object, *, now: float, wl: float) -> Non
     elif isinstance(action, Refuse):
         _reply(vm, out, action.request.request_id, action.status)
     elif isinstance(action, Expired):
+        _keep_registers(vm)
         cls = BootTimeoutError if action.kind is TimeoutKind.BOOT_TIMEOUT else GuestLostError
         raise cls(
             f"{action.kind.value}: {action.message}",
@@ -309,6 +310,18 @@ def _act(vm: Vm, out: GuestRun, action: object, *, now: float, wl: float) -> Non
             console_tail=vm.console_tail(),
             hint="raise --boot-timeout if the host is slow (TCG), else see the console log",
         )
+
+
+def _keep_registers(vm: Vm) -> None:
+    """Where every vCPU is when the guest went silent: a boot that hangs
+    before the console prints (loglevel 4) leaves no other clue. Kept with
+    the evidence as ``registers.txt``."""
+    if vm.qmp is None or vm.run_dir is None:
+        return
+    try:
+        (vm.run_dir / "registers.txt").write_text(vm.qmp.registers())
+    except (VmError, OSError) as exc:
+        log.warning("could not read the vCPUs' registers: %s", exc)
 
 
 def _reply(vm: Vm, out: GuestRun, request_id: int, status: int) -> None:
