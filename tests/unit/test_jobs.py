@@ -41,7 +41,7 @@ def test_parallel_children_overlap_and_a_lost_one_is_named():
     assert os.getpid() not in {r[1] for r in out}
     (_, _, a0, a1), (_, _, b0, b1) = out[:2]
     assert b0 < a1 and a0 < b1  # jobs 1 and 2 ran at the same time
-    assert lost == ["job3: its process died (exit 9)"]
+    assert lost == ["job3: its process died (exit 9); run it alone (without -j) to see why"]
     assert any("started job2 (2 running)" in ln for ln in lines)
     assert lines[-1] == "[4/4 done] all done"
 

@@ -97,6 +97,22 @@ def test_boot_timeout_from_cli_is_one_line_and_no_traceback(kernel, isolated):
     assert "Traceback" not in err and "hint:" in err
 
 
+def test_a_run_that_never_boots_is_named_with_its_reason_and_the_rest_go_on(kernel, isolated):
+    """ktstr run over several jobs: a VM that never boots is not a verdict;
+    it is named with why and where its evidence is, and the next job runs."""
+    proc = run_cli(
+        "run", "steady", "cpuset_disjoint", "--boot-timeout", "0.5",
+        env={"TMPDIR": str(isolated / "tmp"), "KTSTR_RESULTS": str(isolated / "res")},
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    lost = [line for line in out.splitlines() if line.startswith("NO RESULT ")]
+    names = [line.split(":")[0].removeprefix("NO RESULT ") for line in lost]
+    assert names == ["steady", "cpuset_disjoint"]
+    assert all("boot_timeout" in line and "(evidence: " in line for line in lost), lost
+    assert err.count("ktstr: no result: ") == 2 and "Traceback" not in err
+
+
 def test_ctrl_c_during_boot_cleans_up(kernel, isolated, qemu_pids):
     tmp = isolated / "tmp"
     proc = run_cli(

@@ -181,7 +181,10 @@ def _parallel(
                 progress.done += 1
                 progress.spent.append(time.monotonic() - t0)
                 if rec is None:
-                    lost.append(f"{hooks.describe(job)}: its process died (exit {proc.exitcode})")
+                    lost.append(
+                        f"{hooks.describe(job)}: its process died (exit {proc.exitcode}); "
+                        "run it alone (without -j) to see why"
+                    )
                 else:
                     results[i] = rec
                     hooks.on_done(job, rec)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.cli.args import add_output_args, add_vm_args, boot_request, count, finite, fraction
-from ktstr.errors import ConfigError
+from ktstr.errors import ConfigError, VmError
 from ktstr.evaluate.verdict import Status
 from ktstr.host import kernel as kern
 from ktstr.host.results import (
@@ -158,8 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
     for line in lost:
-        print(f"ktstr: no result: {line}; hint: run that scenario alone (without -j) to see why",
-              file=sys.stderr)  # fmt: skip
+        print(f"ktstr: no result: {line}", file=sys.stderr)
     if lost:
         return 2  # the host could not carry a run through: not a verdict
     if failed and args.repeat > 1 and args.accept_flake_rate > 0:
@@ -204,6 +203,18 @@ class _Job:
                 + (f", kernel {self.base.kernel.version}" if self.matrix else ""))  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class _Lost:
+    """A job the host could not carry through (the VM never booted, or went
+    silent): not a verdict, and the other jobs go on."""
+
+    what: str
+    why: str
+
+    def line(self) -> str:
+        return f"{self.what}: {self.why}"
+
+
 def _run_all(
     args: argparse.Namespace, jobs: list[_Job], root: Path
 ) -> tuple[list[RunRecord], list[str]]:
@@ -213,20 +224,26 @@ def _run_all(
     out = sys.stderr if args.ktap else sys.stdout
     measured = measured_costs(root)  # scenario -> seconds its last run took here
 
-    def one(job: _Job) -> RunRecord:
+    def one(job: _Job) -> RunRecord | _Lost:
         tag = f"-{job.base.kernel.version}" if job.matrix else ""
         out_dir = new_run_dir(root, f"{job.plan.scenario}-{job.base.topology}{tag}")
-        return execute(
-            dataclasses.replace(job.base, name=job.plan.scenario),
-            job.plan,
-            job.sched,
-            _chain(SCENARIOS[job.plan.scenario], args),
-            out_dir,
-            monitor_hz=None if args.no_monitor else args.monitor_hz,
-        )
+        try:
+            return execute(
+                dataclasses.replace(job.base, name=job.plan.scenario),
+                job.plan,
+                job.sched,
+                _chain(SCENARIOS[job.plan.scenario], args),
+                out_dir,
+                monitor_hz=None if args.no_monitor else args.monitor_hz,
+            )
+        except VmError as exc:
+            where = f" (evidence: {exc.artifacts})" if exc.artifacts else ""
+            return _Lost(job.describe(), exc.message.splitlines()[0][:300] + where)
 
-    def done(job: _Job, rec: RunRecord) -> None:
-        if not args.ktap:
+    def done(job: _Job, rec: RunRecord | _Lost) -> None:
+        if isinstance(rec, _Lost):
+            print(f"NO RESULT {rec.line()}", file=out)
+        elif not args.ktap:
             print(to_text(rec), file=out)
             print(f"result: {Path(rec.artifacts_dir or root) / 'result.json'}", file=out)
         out.flush()
@@ -242,7 +259,9 @@ def _run_all(
         on_done=done,
         live=terminal(out),
     )
-    return run_jobs(jobs, one, hooks, parallel=args.jobs)
+    results, died = run_jobs(jobs, one, hooks, parallel=args.jobs)
+    lost = [r.line() for r in results if isinstance(r, _Lost)]
+    return [r for r in results if isinstance(r, RunRecord)], lost + died
 
 
 def _rerun_command(
