@@ -92,7 +92,12 @@ MORE: tuple[Scenario, ...] = (
     _of(LATENCY, "pingpong_hogs",
         "futex ping-pong pairs beside a hog per CPU: wake-ups under load",
         CgroupDef("pairs", workers=HALF, work=Work.futex_pingpong()),
-        CgroupDef("hogs", workers=ONE)),
+        CgroupDef("hogs", workers=ONE),
+        # A pair's CPU time is what its wake-ups let it do: under EEVDF at 8
+        # CPUs one pair did 437 round trips to the other's 805 (0.57 of the
+        # mean). That is wake-up latency, judged by the wake checks; the hogs
+        # stay with the share oracle.
+        thresholds=Thresholds(max_spread_pct=False)),
     # -- placement --
     _of(PLACEMENT, "spread_out",
         "spinners on half the cores: each gets a core of its own (no SMT sibling shared "
