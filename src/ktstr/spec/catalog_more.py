@@ -95,8 +95,8 @@ MORE: tuple[Scenario, ...] = (
         CgroupDef("hogs", workers=ONE),
         # A pair's CPU time is what its wake-ups let it do: under EEVDF at 8
         # CPUs one pair did 437 round trips to the other's 805 (0.57 of the
-        # mean). That is wake-up latency, judged by the wake checks; the hogs
-        # stay with the share oracle.
+        # mean). That is wake-up latency (the report's wake_p50/p99), not a
+        # share; the hogs stay with the share oracle.
         thresholds=Thresholds(max_spread_pct=False)),
     # -- placement --
     _of(PLACEMENT, "spread_out",
