@@ -82,3 +82,14 @@ def test_the_board_redraws_in_place():
     b.draw(["c"])
     b.clear()
     assert term.getvalue() == "a\nb\n\x1b[2F\x1b[Jc\n\x1b[1F\x1b[J"
+
+
+def test_a_lost_job_keeps_the_errors_first_line_and_where_its_evidence_is():
+    from pathlib import Path
+
+    from ktstr.cli.jobs import Lost
+    from ktstr.errors import VmError
+
+    exc = VmError("boot_timeout: guest not ready\nconsole tail", artifacts=Path("/r/x"))
+    assert Lost.of("steady", exc).line() == "steady: boot_timeout: guest not ready (evidence: /r/x)"
+    assert Lost.of("steady", VmError("lost")).line() == "steady: lost"

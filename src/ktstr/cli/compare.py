@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.cli.args import add_vm_args, count, finite
-from ktstr.errors import ConfigError
+from ktstr.errors import ConfigError, VmError
 from ktstr.host import kernel as kern
 from ktstr.host.results import check_writable_dir, new_run_dir, results_root, write_private
 
@@ -53,7 +53,7 @@ def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
     """N trials of every scenario on both sides, interleaved (A, B, A, B,
     ...) so that whatever drifts on the host hits both alike; ``-j N`` runs
     N at once (A and B of a trial side by side) within the vCPU budget."""
-    from ktstr.cli.jobs import Hooks, run_jobs, terminal
+    from ktstr.cli.jobs import Hooks, Lost, run_jobs, terminal
     from ktstr.cli.run import _chain
     from ktstr.host.results import measured_costs, new_run_dir
     from ktstr.runner import check_payload_tools, execute
@@ -76,7 +76,10 @@ def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
         base, sched = sides[w]
         out = new_run_dir(dirs[w], f"{plan.scenario}-{base.topology}")
         chain = _chain(SCENARIOS[plan.scenario], args, sched_ext=sched is not None)
-        return execute(dataclasses.replace(base, name=plan.scenario), plan, sched, chain, out)
+        try:
+            return execute(dataclasses.replace(base, name=plan.scenario), plan, sched, chain, out)
+        except VmError as exc:
+            return Lost.of(describe(job), exc)
 
     def describe(job: tuple[int, Any, str]) -> str:
         t, plan, w = job
@@ -92,11 +95,12 @@ def run_trials(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
         on_done=lambda j, rec: None,
         live=terminal(sys.stderr),
     )
-    _, lost = run_jobs(jobs, one, hooks, parallel=args.jobs)
+    results, died = run_jobs(jobs, one, hooks, parallel=args.jobs)
+    lost = [r.line() for r in results if isinstance(r, Lost)] + died
     if lost:
         raise ConfigError(
             f"{len(lost)} trial(s) left no result: {lost[0]}",
-            hint="run the comparison without -j to see why",
+            hint="a comparison needs every trial; see the evidence named",
         )
     return dirs["a"], dirs["b"]
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TextIO, TypeVar
 
+from ktstr.errors import VmError
 from ktstr.host.slots import vcpu_slots
 
 J = TypeVar("J")
@@ -104,6 +105,24 @@ def status(label: str, elapsed: float, expected: float) -> str:
 def fmt_eta(seconds: float) -> str:
     m, s = divmod(int(seconds + 0.5), 60)
     return f"~{m}m{s:02d}s left" if m else f"~{s}s left"
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A job the host could not carry through (its VM never booted, or went
+    silent): not a verdict. Returned by a job instead of raising, so the
+    reason crosses the ``-j`` process boundary and the other jobs go on."""
+
+    what: str
+    why: str
+
+    @classmethod
+    def of(cls, what: str, exc: VmError) -> Lost:
+        where = f" (evidence: {exc.artifacts})" if exc.artifacts else ""
+        return cls(what, exc.message.splitlines()[0][:300] + where)
+
+    def line(self) -> str:
+        return f"{self.what}: {self.why}"
 
 
 def run_jobs(

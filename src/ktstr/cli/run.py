@@ -203,28 +203,16 @@ class _Job:
                 + (f", kernel {self.base.kernel.version}" if self.matrix else ""))  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class _Lost:
-    """A job the host could not carry through (the VM never booted, or went
-    silent): not a verdict, and the other jobs go on."""
-
-    what: str
-    why: str
-
-    def line(self) -> str:
-        return f"{self.what}: {self.why}"
-
-
 def _run_all(
     args: argparse.Namespace, jobs: list[_Job], root: Path
 ) -> tuple[list[RunRecord], list[str]]:
     """Every job, one VM each, ``-j`` at a time, with progress lines."""
-    from ktstr.cli.jobs import Hooks, run_jobs, terminal
+    from ktstr.cli.jobs import Hooks, Lost, run_jobs, terminal
 
     out = sys.stderr if args.ktap else sys.stdout
     measured = measured_costs(root)  # scenario -> seconds its last run took here
 
-    def one(job: _Job) -> RunRecord | _Lost:
+    def one(job: _Job) -> RunRecord | Lost:
         tag = f"-{job.base.kernel.version}" if job.matrix else ""
         out_dir = new_run_dir(root, f"{job.plan.scenario}-{job.base.topology}{tag}")
         try:
@@ -237,11 +225,10 @@ def _run_all(
                 monitor_hz=None if args.no_monitor else args.monitor_hz,
             )
         except VmError as exc:
-            where = f" (evidence: {exc.artifacts})" if exc.artifacts else ""
-            return _Lost(job.describe(), exc.message.splitlines()[0][:300] + where)
+            return Lost.of(job.describe(), exc)
 
-    def done(job: _Job, rec: RunRecord | _Lost) -> None:
-        if isinstance(rec, _Lost):
+    def done(job: _Job, rec: RunRecord | Lost) -> None:
+        if isinstance(rec, Lost):
             print(f"NO RESULT {rec.line()}", file=out)
         elif not args.ktap:
             print(to_text(rec), file=out)
@@ -260,7 +247,7 @@ def _run_all(
         live=terminal(out),
     )
     results, died = run_jobs(jobs, one, hooks, parallel=args.jobs)
-    lost = [r.line() for r in results if isinstance(r, _Lost)]
+    lost = [r.line() for r in results if isinstance(r, Lost)]
     return [r for r in results if isinstance(r, RunRecord)], lost + died
 
 
