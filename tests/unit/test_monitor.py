@@ -194,6 +194,19 @@ def test_bursts_that_move_between_cpus_are_no_imbalance_stacking_is():
     assert f.evidence["mean"] == [1.0, 1.0, 7.0, 1.0] and "on average over 5 samples" in f.message
 
 
+def test_imbalance_waits_for_the_population_to_settle():
+    """oversubscribed_4x at 8 CPUs under TCG: the 32 spinners became runnable
+    over a second, a few CPUs first (mean [2.0, 3.0, 1.0, 1.6, 4.4, ...],
+    totals rising to 32). Judged once the total holds; stacking then fails."""
+    ramp = [[1, 0, 0, 0], [3, 1, 0, 0], [5, 2, 1, 0], [7, 3, 1, 1], [8, 4, 2, 2]]
+    frames = [sample(t / 10, [cpu(n, clock=t) for n in loads]) for t, loads in enumerate(ramp)]
+    j = feed(MonitorJudge(MonitorLimits(), ((0, 1, 2, 3),)), frames)
+    assert "rq_imbalance" not in j.findings
+    steady = [sample((5 + t) / 10, [cpu(n, clock=5 + t) for n in (12, 2, 1, 1)]) for t in range(5)]
+    # the first window whose totals hold (16 each): the last ramp sample and 4 steady ones
+    assert feed(j, steady).findings["rq_imbalance"].evidence["mean"] == [10.2, 2.6, 1.2, 1.2]
+
+
 def test_deep_local_queue_and_stuck_clock():
     j = MonitorJudge(MonitorLimits(max_local_dsq=50, max_rq_clock_lag_ms=300))
     for t in range(10):  # cpu1's clock and jiffies move on, cpu0's stands

@@ -8,7 +8,9 @@ time in the run and the sampled values:
 * ``rq_imbalance``: max / max(1, min) of the CPUs' load, each averaged
   over the last ``sustain`` samples, over the CPUs of one cpuset group
   above ``max_imbalance`` (a burst that lands elsewhere each sample is no
-  imbalance; a CPU that stays loaded beside an idle one is). The load is ``nr_running``
+  imbalance; a CPU that stays loaded beside an idle one is), judged only
+  while the group's total load is steady (tasks still arriving, as 32
+  spinners released at once under TCG, land unevenly at first). The load is ``nr_running``
   under the kernel's own classes; while a sched_ext scheduler is enabled it
   is what is committed to the CPU (its current sched_ext task, its local
   DSQ, and tasks of other classes), because a task waiting in a shared DSQ
@@ -148,6 +150,9 @@ class MonitorJudge:
             window.append((s.t, load))
             if lim.max_imbalance is None or len(window) < lim.sustain:
                 continue
+            totals = [sum(w[1]) for w in window]
+            if min(totals) < STEADY * max(totals):
+                continue  # tasks still arriving or leaving: where they land first is no verdict
             mean = [round(sum(w[1][i] for w in window) / len(window), 1) for i in range(len(load))]
             ratio = max(mean) / max(1.0, min(mean))
             if ratio > lim.max_imbalance:
@@ -292,6 +297,10 @@ class MonitorJudge:
 
 #: Jitter allowed between the host's sample times and the guest's jiffies.
 WAIT_SLACK_MS = 50.0
+
+#: rq_imbalance judges a window only when its smallest total load is at least
+#: this share of its largest.
+STEADY = 0.75
 
 CHECKS = ("rq_imbalance", "local_dsq", "rq_clock_stuck", "runnable_wait", "work_conservation")
 
