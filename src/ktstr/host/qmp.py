@@ -41,6 +41,18 @@ class Qmp:
             raise VmError(f"QMP {what}: no answer from QEMU within {timeout:g}s") from None
 
     def connect(self, timeout: float = 10.0) -> None:
+        """Retry until QEMU answers. qemu.qmp logs an attempt cut short (QEMU
+        slow to start, as at 192 vCPUs) as an ERROR on the user's terminal;
+        only the last failure is ours to tell, as a VmError."""
+        quiet = logging.getLogger("qemu.qmp")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            self._connect(timeout)
+        finally:
+            quiet.setLevel(level)
+
+    def _connect(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             client = QMPClient("ktstr")
