@@ -195,3 +195,30 @@ def test_weights_and_single_moves_reach_the_guests_cgroups(kernel, isolated):
     stimuli = {st.op: st.detail for sc in run.evidence.scenarios for st in sc.stimuli}
     assert stimuli["set_weight"] == {"cgroup": "a", "weight": 400}
     assert stimuli["move_worker"]["moved"] == 1 and stimuli["move_worker"]["dst"] == "a"
+
+
+def test_kinds_outside_the_catalog_run_and_report_in_a_vm(kernel, isolated):
+    """fork_exit, policy_churn, sequence and custom are in no canned
+    scenario: each still runs in a real guest and reports progress."""
+    from ktstr.spec.scenario import CgroupDef, HoldSpec, Op, Scenario, Step
+    from ktstr.spec.work import Work
+
+    works = {
+        "fork_exit": Work.fork_exit(),
+        "policy_churn": Work.policy_churn(),
+        "sequence": Work.sequence((Work.spin(), 0.3), (Work.yield_heavy(), 0.3)),
+        # any function the guest can import and call with the context
+        "custom": Work.custom("builtins:id"),
+    }
+    ops = tuple(Op.add(CgroupDef(name, workers=1, work=w)) for name, w in works.items())
+    step = Step(ops=ops, hold=HoldSpec.fraction(1.0))
+    sc = Scenario(name="other_kinds", description="", steps=(step,))
+    plan = resolve(sc, TOPO, 2.0)
+    req = BootRequest(kernel=kernel, topology=TOPO, job={}, name="other_kinds")
+    run = run_scenario(req, plan, None)
+    PLANS[id(run)] = plan
+    assert_clean(run, "other_kinds")
+    reports = {r.cgroup: r for s in run.evidence.scenarios for r in s.reports}
+    assert set(reports) == set(works)
+    for name, r in reports.items():
+        assert r.error is None and r.iterations > 0 and r.wall_s > 0, (name, r)
