@@ -146,6 +146,38 @@ def test_pipe_pairs_stop_promptly_whenever_the_signal_lands(tmp_path, delay_ms):
         pool.close()
 
 
+@pytest.mark.skipif(not NATIVE, reason="ktstr._native is not built")
+def test_a_pipe_loop_that_never_waits_still_stops(tmp_path):
+    """A partner on another CPU can keep the pipe readable at every ppoll(),
+    which then never waits, so never delivers the blocked stop. Here the
+    "pipe" is a file of 1M stamps (always readable) and the reply goes to
+    /dev/null: the stop, sent to this thread alone, must end the loop within
+    the 10 ms check, not when the stamps run out."""
+    import os
+    import signal
+    import threading
+
+    from ktstr import _native
+
+    stamps = tmp_path / "stamps"
+    stamps.write_bytes(bytes(8 * 1_000_000))
+    main = threading.get_ident()
+    prev = signal.signal(signal.SIGUSR1, lambda *_: None)  # never the default (exit)
+    rd, wr = os.open(stamps, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY)
+    timer = threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGUSR1))
+    try:
+        t0 = time.monotonic()
+        timer.start()
+        got = _native.pingpong(1, 1, rd, wr, bytearray(16), 100)
+        took = time.monotonic() - t0
+    finally:
+        timer.cancel()
+        os.close(rd)
+        os.close(wr)
+        signal.signal(signal.SIGUSR1, prev)
+    assert got["iterations"] < 1_000_000 and took < 0.5, (got["iterations"], took)
+
+
 # -- the kinds of guest/work_more.py: each measures what it says --
 
 
