@@ -99,7 +99,13 @@ def test_a_stalling_scheduler_is_caught_within_the_short_watchdog(kernels, isola
     assert "runnable_wait" in info  # the early warning, explaining the death
 
 
-@pytest.mark.parametrize("scheduler", [None, "scx_simple", "scx_central", "scx_flatcg"])
+#: Not scx_flatcg: it once left cpu0 idle for 1.6 s while the agent waited
+#: 3.0 s in the root cgroup's DSQ (work_conservation, runnable_wait; CI, 7.3,
+#: this scenario): the kernel's own state, read by the host. flatcg calls
+#: no scx_bpf_kick_cpu(), so an idle CPU wakes only when a wake-up's
+#: select_cpu picks it, not when a preempted task is queued. A finding about
+#: scx_flatcg (docs/scenarios.md), not a false alarm; it does not recur often.
+@pytest.mark.parametrize("scheduler", [None, "scx_simple", "scx_central"])
 def test_good_schedulers_raise_no_monitor_finding(kernel, isolated, scheduler):
     plan = resolve(
         Scenario.of_defs("steady", [CgroupDef("a", workers=2), CgroupDef("b", workers=2)]),
