@@ -336,3 +336,21 @@ def test_reports_cannot_switch_isolation_off_or_claim_other_cpus():
         msgs.append((k, out))
     verdict, _ = host_path(encode(msgs))
     assert [f.check for f in verdict.failures] == ["isolation"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [("1.5", "expected a number"), (True, "expected a number"), (-1.0, "outside"),
+     (1e300, "outside"), (None, "expected a number")],
+)  # fmt: skip
+def test_one_bad_latency_among_thousands_is_named(bad, why):
+    """Long number lists are checked in bulk; one bad item still fails the
+    report and is named by its index."""
+    lat: list[object] = [12.5] * 5000
+    report = {"cgroup": "cg0", "index": 0, "pid": 1, "wake_lat_us": lat}
+    kind = int(MessageKind.WORKER_REPORTS)
+    good = decode_payload(kind, json.dumps({"cgroup": "cg0", "reports": [report]}).encode())
+    assert isinstance(good, WorkerReports) and good.reports[0].wake_lat_us == lat
+    lat[4321] = bad
+    with pytest.raises(PayloadError, match=rf"wake_lat_us\[4321\]: .*{why}"):
+        decode_payload(kind, json.dumps({"cgroup": "cg0", "reports": [report]}).encode())

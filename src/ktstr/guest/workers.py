@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import json
 import mmap
 import os
@@ -27,8 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ktstr.guest.work_types import NATIVE, Ctx, Shared, Stop, make_shared, make_step
-from ktstr.protocol.messages import MAX_LAT_SAMPLES, WorkerReport
+from ktstr.guest.work_types import (
+    LAT_RESERVOIR,
+    NATIVE,
+    Ctx,
+    Shared,
+    Stop,
+    make_shared,
+    make_step,
+)
+from ktstr.protocol.messages import WorkerReport, to_json
 from ktstr.spec.ledger import WorkerId
 from ktstr.spec.plan import PlanCgroup
 from ktstr.spec.work import PolicyKind, SchedPolicy, Work, describe_work
@@ -105,17 +112,17 @@ class Telemetry:
         self.migrations += int(native["migrations"])
         self.cpus.update(native["cpus"])
         self.last = time.monotonic_ns()
-        self.lat.extend(native["lat_ns"][: MAX_LAT_SAMPLES - len(self.lat)])
+        self.lat.extend(native["lat_ns"][: LAT_RESERVOIR - len(self.lat)])
         self.lat_seen += int(native["lat_seen"])
 
     def latency(self, ns: int) -> None:
         """A wake-to-run latency sample (reservoir-capped)."""
         self.lat_seen += 1
-        if len(self.lat) < MAX_LAT_SAMPLES:
+        if len(self.lat) < LAT_RESERVOIR:
             self.lat.append(ns)
         else:
             j = self.rnd.randrange(self.lat_seen)
-            if j < MAX_LAT_SAMPLES:
+            if j < LAT_RESERVOIR:
                 self.lat[j] = ns
 
 
@@ -167,7 +174,7 @@ def _report(
         wall_s=(time.monotonic_ns() - tel.t0) / 1e9, cpu_s=times.user + times.system - cpu0,
         max_gap_ms=tel.max_gap / 1e6, max_gap_at_ms=tel.max_gap_at / 1e6,
         max_gap_cpu=tel.max_gap_cpu, cpus=sorted(tel.cpus), migrations=tel.migrations,
-        wake_lat_us=[round(x / 1e3, 2) for x in tel.lat], wake_samples=tel.lat_seen,
+        wake_lat_us=[x / 1e3 for x in tel.lat], wake_samples=tel.lat_seen,
         on_cpu_ms=(ss1[0] - ss0[0]) / 1e6, run_delay_ms=(ss1[1] - ss0[1]) / 1e6,
         timeslices=ss1[2] - ss0[2], native=NATIVE and spec.work.paired,
         mem_node=tel.mem_node,
@@ -223,7 +230,7 @@ def _child(spec: WorkerSpec, barrier: Barrier, report_path: str, fds: tuple[int,
     finally:
         try:
             with open(report_path, "w") as f:
-                json.dump(dataclasses.asdict(report), f)
+                f.write(to_json(report))
         finally:
             os._exit(code)
 

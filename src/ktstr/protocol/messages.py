@@ -101,6 +101,19 @@ def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
 # -- JSON payloads ------------------------------------------------------------
 
 
+def _fields(o: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+    raise TypeError(f"{type(o).__name__} is not JSON")
+
+
+def to_json(o: Any) -> str:
+    """``o`` (dataclasses, nested) as compact JSON, as ``dataclasses.asdict``
+    would give it but without its deep copy: the C encoder walks the lists
+    (a worker report's 5000 latencies cost a quarter of the time)."""
+    return json.dumps(o, default=_fields, separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JsonPayload:
     """Encoding only: the host decodes through ``validate.decode_payload``."""
@@ -108,7 +121,7 @@ class JsonPayload:
     KIND: ClassVar[MessageKind]
 
     def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        return to_json(self).encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

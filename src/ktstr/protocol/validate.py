@@ -174,7 +174,9 @@ def _value(tp: Any, v: Any, where: str, b: _Bound) -> Any:
         if len(v) > limit:
             raise PayloadError(f"{where}: {len(v)} items, at most {limit}")
         item, ib = typing.get_args(tp)[0], b.items()
-        out = [_value(item, x, f"{where}[{i}]", ib) for i, x in enumerate(v)]
+        out = _numbers(item, v, ib)
+        if out is None:  # not plain numbers within bounds: name the first bad item
+            out = [_value(item, x, f"{where}[{i}]", ib) for i, x in enumerate(v)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(v, dict):
@@ -190,6 +192,26 @@ def _value(tp: Any, v: Any, where: str, b: _Bound) -> Any:
     if dataclasses.is_dataclass(tp):
         return _dataclass(typing.cast(type, tp), v, where)
     return _scalar(tp, v, where, b)
+
+
+def _numbers(tp: Any, v: list[Any], b: _Bound) -> list[Any] | None:
+    """A list of ints or floats (a report's latencies: thousands) checked in
+    bulk; None if any item fails, for the item-by-item path to say which."""
+    if tp is float:
+        if not all(type(x) is float or type(x) is int for x in v):
+            return None
+        out: list[Any] = [float(x) for x in v]
+        if not all(map(math.isfinite, out)):
+            return None
+    elif tp is int:
+        if not all(type(x) is int for x in v):
+            return None
+        out = list(v)
+    else:
+        return None
+    if out and ((b.lo is not None and min(out) < b.lo) or (b.hi is not None and max(out) > b.hi)):
+        return None
+    return out
 
 
 def _scalar(tp: Any, v: Any, where: str, b: _Bound) -> Any:
