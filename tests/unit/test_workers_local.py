@@ -146,6 +146,19 @@ def test_pipe_pairs_stop_promptly_whenever_the_signal_lands(tmp_path, delay_ms):
         pool.close()
 
 
+def test_a_stop_before_a_worker_first_ran_is_a_report_of_no_work(tmp_path):
+    """Stopped at once, some of 24 children have not run yet (or not past
+    the start gate): each still reports, with no work if it did none (for the
+    starvation check to judge); none dies of the signal or reports an error."""
+    pool = WorkerPool(report_dir=str(tmp_path / "reports"))
+    try:
+        pool.spawn(specs(tmp_path, Work.spin(), 24))
+        reports = pool.stop(timeout=10)
+    finally:
+        pool.close()
+    assert len(reports) == 24 and [r.error for r in reports] == [None] * 24, reports
+
+
 @pytest.mark.skipif(not NATIVE, reason="ktstr._native is not built")
 def test_a_pipe_loop_that_never_waits_still_stops(tmp_path):
     """A partner on another CPU can keep the pipe readable at every ppoll(),

@@ -165,13 +165,12 @@ def _report(
     spec: WorkerSpec, tel: Telemetry, cpu0: float, ss0: tuple[int, int, int]
 ) -> WorkerReport:
     ss1 = schedstat()
-    times = os.times()
     desc = describe_work(spec.work)
     return WorkerReport(
         cgroup=spec.cgroup, index=spec.index, pid=os.getpid(),
         work=",".join(f"{k}={v}" for k, v in desc.items() if k != "kind") or desc["kind"],
         iterations=tel.iterations, work_units=tel.units,
-        wall_s=(time.monotonic_ns() - tel.t0) / 1e9, cpu_s=times.user + times.system - cpu0,
+        wall_s=(time.monotonic_ns() - tel.t0) / 1e9, cpu_s=_cpu_s() - cpu0,
         max_gap_ms=tel.max_gap / 1e6, max_gap_at_ms=tel.max_gap_at / 1e6,
         max_gap_cpu=tel.max_gap_cpu, cpus=sorted(tel.cpus), migrations=tel.migrations,
         wake_lat_us=[x / 1e3 for x in tel.lat], wake_samples=tel.lat_seen,
@@ -179,6 +178,11 @@ def _report(
         timeslices=ss1[2] - ss0[2], native=NATIVE and spec.work.paired,
         mem_node=tel.mem_node,
     )  # fmt: skip
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def error_report(cgroup: str, index: int, pid: int, error: str) -> WorkerReport:
@@ -209,20 +213,21 @@ def _child(spec: WorkerSpec, barrier: Barrier, report_path: str, fds: tuple[int,
         _close_others(spec, fds)
         _setup(spec)
         tel: Telemetry | None = None
-        cpu0, ss0 = 0.0, (0, 0, 0)
+        ss0, cpu0 = schedstat(), _cpu_s()
         try:
+            # Blocked since the fork: a stop sent before the handler was set
+            # (a child the scheduler had not run yet) is taken here.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
             t0 = barrier.wait()
-            ss0 = schedstat()
-            t = os.times()
-            cpu0 = t.user + t.system
+            ss0, cpu0 = schedstat(), _cpu_s()
             tel = Telemetry(t0)
             step = make_step(Ctx(spec.work, tel, spec.index, spec.role, spec.shared, spec.allowed))
             while not _stop_requested[0]:
                 step()
         except Stop:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        if tel is not None:
-            report = _report(spec, tel, cpu0, ss0)
+        # Stopped before it ran: a report of no work, for the starvation check.
+        report = _report(spec, tel or Telemetry(), cpu0, ss0)
     except BaseException as exc:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         report = error_report(spec.cgroup, spec.index, os.getpid(), f"{type(exc).__name__}: {exc}")
@@ -311,9 +316,16 @@ class WorkerPool:
             path = os.path.join(
                 self.report_dir, f"{spec.cgroup.replace('/', '.')}-{spec.index}.json"
             )
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                _child(spec, self._barrier, path, fds)
+            # The child sets its SIGUSR1 handler when it first runs; until
+            # then a stop would kill it (the default action), so it starts
+            # with SIGUSR1 blocked and unblocks it once the handler is set.
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            try:
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - child
+                    _child(spec, self._barrier, path, fds)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             w = Worker(pid, spec, path)
             self.workers[w.id] = w
             out.append(w)
