@@ -149,7 +149,7 @@ class Trial:
 def pass_rate_line(name: str, runs: list[Trial]) -> str:
     """One repeated case: how often it passed, with a 95 % Wilson interval,
     and the failing runs' findings counted by check."""
-    from ktstr.evaluate.compare import wilson
+    from ktstr.evaluate.stats import wilson
 
     ok = sum(not r.failed for r in runs)
     lo, hi = wilson(ok, len(runs))

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ktstr.evaluate.compare import better, compare, gate_failures, metrics, table, wilson
+from ktstr.evaluate.compare import better, compare, gate_failures, metrics, table
+from ktstr.evaluate.stats import wilson
 
 
 def doc(rate: float, p99: float, topology: str = "1n2l2c1t", sched: str | None = None) -> dict:

@@ -56,11 +56,26 @@ def test_spinners_on_distinct_cores_pass_and_siblings_beside_an_idle_core_fail()
     good = [tick(i / 10, [100, 0, 101, 0, 0, 0, 0, 0]) for i in range(20)]
     check, cls, msg, ev = spread_out(Placement(SMT, spinners(2), tuple(good)), 95.0)
     assert (check, cls, ev["pct"]) == ("spread_out", "info", 100.0)
-    # 2 of 20 samples put both on one core (0,1) while cores are idle: 90 %
-    bad = good[:18] + [tick(2.0 + i, [100, 101, 0, 0, 0, 0, 0, 0]) for i in range(2)]
+    # 6 of 20 samples put both on one core (0,1) while cores are idle: 70 %
+    bad = good[:14] + [tick(2.0 + i, [100, 101, 0, 0, 0, 0, 0, 0]) for i in range(6)]
     check, cls, msg, ev = spread_out(Placement(SMT, spinners(2), tuple(bad)), 95.0)
-    assert cls == "fail" and ev["pct"] == 90.0 and ev["first_bad"]["doubled_cores"] == ["0-1"]
-    assert "want >= 95%" in msg
+    assert cls == "fail" and ev["pct"] == 70.0 and ev["first_bad"]["doubled_cores"] == ["0-1"]
+    assert "want >= 95%" in msg and ev["upper_pct"] < 95.0
+
+
+def test_a_share_under_the_floor_fails_only_where_the_samples_show_it():
+    """22 of 24 (92 %) could be a 97 % scheduler sampled unluckily (EEVDF at
+    4 vCPUs: one split undone within 0.2 s); 80 of 100 cannot."""
+    few = [tick(i / 10, [100, 0, 101, 0, 0, 0, 0, 0]) for i in range(22)]
+    few += [tick(3.0 + i, [100, 101, 0, 0, 0, 0, 0, 0]) for i in range(2)]
+    _, cls, msg, ev = spread_out(Placement(SMT, spinners(2), tuple(few)), 95.0)
+    assert (cls, ev["pct"], ev["upper_pct"]) == ("info", 91.7, 97.2)
+    assert "under 95%, but 24 samples cannot show it: up to 97%" in msg
+    many = [tick(i / 10, [100, 0, 101, 0, 0, 0, 0, 0]) for i in range(80)]
+    many += [tick(9.0 + i, [100, 101, 0, 0, 0, 0, 0, 0]) for i in range(20)]
+    _, cls, msg, ev = spread_out(Placement(SMT, spinners(2), tuple(many)), 95.0)
+    assert (cls, ev["pct"], ev["upper_pct"]) == ("fail", 80.0, 85.7)
+    assert msg.endswith("(want >= 95%; at most 86%)")
 
 
 def test_an_idle_llc_beside_a_queue_is_bad_spreading_too():
@@ -98,11 +113,12 @@ def test_a_pair_in_one_llc_is_together_and_split_across_llcs_is_not():
 
 def test_a_member_not_seen_lately_is_not_placed_at_its_old_cpu():
     """10 was seen once, on cpu0 beside 11; then only 11, on cpu4, for 2 s:
-    where 10 is by then the samples do not say, so they do not judge."""
+    where 10 is by then the samples do not say, so they do not judge (the
+    sample that saw both and the next one do)."""
     ticks = [tick(0.0, [10, 11, 0, 0, 0, 0, 0, 0])]
     ticks += [tick(i / 10, [0, 0, 0, 0, 11, 0, 0, 0]) for i in range(1, 20)]
     found = together(Placement(SMT, pair(), tuple(ticks)), 95.0)
-    assert found[1] == "info" and "6 samples placed a whole team" in found[2]
+    assert found[1] == "info" and "2 samples placed a whole team" in found[2]
 
 
 def test_queued_members_count_as_placed():

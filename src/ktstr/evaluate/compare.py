@@ -274,13 +274,3 @@ def table(changes: list[Change]) -> list[str]:
         lines.append(f"  {c.metric[:30]:30} {c.median_a:10.4g} {c.median_b:10.4g} {ci:>26} "
                      f"{c.p_adj:7.3f}  {c.verdict}{units}")  # fmt: skip
     return lines
-
-
-def wilson(passed: int, runs: int) -> tuple[float, float]:
-    """95 % Wilson interval of a pass rate."""
-    from scipy import stats
-
-    if runs == 0:
-        return 0.0, 1.0
-    ci = stats.binomtest(passed, runs).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)

@@ -236,3 +236,13 @@ def format_stats(stats: RunStats) -> list[str]:
             line += f" wake_p50={c.wake_p50_us:.0f}us wake_p99={c.wake_p99_us:.0f}us"
         lines.append(line)
     return lines
+
+
+def wilson(passed: int, runs: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of a proportion (a pass rate, a share of samples)."""
+    from scipy import stats
+
+    if runs == 0:
+        return 0.0, 1.0
+    ci = stats.binomtest(passed, runs).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
