@@ -28,10 +28,16 @@ from tests.vm.test_monitor import sched
 TOPOLOGIES = os.environ.get("KTSTR_CATALOG_TOPOLOGY", "1n2l2c1t").split(",")
 SCHEDULERS = os.environ.get("KTSTR_CATALOG_SCHEDULERS", "eevdf,scx_simple").split(",")
 REPEAT = int(os.environ.get("KTSTR_CATALOG_REPEAT", "1"))
+#: The default run's sample: (scenario, scheduler) -> the topology it runs at.
+#: pairs_together runs where the catalog promises it passes under EEVDF (2
+#: LLCs with SMT): at 1n2l2c1t EEVDF keeps pipe pairs on one LLC in 83-97 %
+#: of 15 s, and one run in 5 shows it under 95 % (both members seen at once
+#: on two LLCs), a finding about EEVDF on 4 CPUs that docs/scenarios.md keeps.
 SAMPLE = {
-    ("pinned_llc", "eevdf"), ("scx_smoke", "scx_simple"), ("request_response", "eevdf"),
-    ("weighted_cgroups", "scx_simple"), ("pi_convoy", "eevdf"), ("bandwidth_cap", "eevdf"),
-    ("pairs_together", "eevdf"),
+    ("pinned_llc", "eevdf"): "1n2l2c1t", ("scx_smoke", "scx_simple"): "1n2l2c1t",
+    ("request_response", "eevdf"): "1n2l2c1t", ("weighted_cgroups", "scx_simple"): "1n2l2c1t",
+    ("pi_convoy", "eevdf"): "1n2l2c1t", ("bandwidth_cap", "eevdf"): "1n2l2c1t",
+    ("pairs_together", "eevdf"): "1n2l2c2t",
 }  # fmt: skip
 #: What the sweeps found about a shared example scheduler: findings to report
 #: to its authors, not thresholds to loosen. Expected to fail where the
@@ -53,8 +59,11 @@ def _applies(needs: str, topology: str) -> bool:
 
 
 def cases():
-    for topo, name, s, k in itertools.product(TOPOLOGIES, SCENARIOS, SCHEDULERS, range(REPEAT)):
-        sampled = (name, s) in SAMPLE and topo == TOPOLOGIES[0] and k == 0
+    topologies = TOPOLOGIES + sorted(set(SAMPLE.values()) - set(TOPOLOGIES))
+    for topo, name, s, k in itertools.product(topologies, SCENARIOS, SCHEDULERS, range(REPEAT)):
+        sampled = SAMPLE.get((name, s)) == topo and k == 0
+        if topo not in TOPOLOGIES and not sampled:
+            continue
         marks = [] if sampled else [pytest.mark.catalog]
         if (name, s) in FINDINGS and _applies(FINDINGS[name, s][1], topo):
             marks.append(pytest.mark.xfail(reason=FINDINGS[name, s][0], strict=False))
