@@ -154,8 +154,8 @@ static int receive(struct tel *t, int rd, const sigset_t *waitmask, int64_t *blo
 
 /* A stop sent while the loop ran stays pending: ppoll() delivers it only
  * when it has to wait, and a partner on another CPU can keep the pipe
- * readable every time (EEVDF at 4 vCPUs: 2 of 3 pairs ran on until
- * SIGKILLed). So every STOP_CHECK_NS the loop looks, and takes it. */
+ * readable every time. So every STOP_CHECK_NS the loop looks, and takes it
+ * (tests/unit/test_workers_local.py: a pipe that never runs dry). */
 #define STOP_CHECK_NS 10000000LL
 
 static int take_pending_stop(void)
