@@ -165,3 +165,25 @@ def test_rates_outside_zero_to_one_are_refused():
     for bad in ("1.5", "-0.1", "nan", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             fraction(bad)
+
+
+def test_a_percentage_changes_in_points_not_relative_to_a_near_zero_base():
+    """scx_simple against itself, 1 s runs: cg0's spread was 0.03 and 0.01 %
+    on one side, 0.44 and 0.46 % on the other. Relative, that was +2243 %, 30
+    times its calibrated noise, "worse"; in points it is +0.4, inside the
+    spread the A/A calibration saw (2.1-9.7 %)."""
+
+    def with_spread(pct: float) -> dict:
+        d = doc(100.0, 800.0)
+        d["stats"]["cgroups"][0]["spread_pct"] = pct
+        return d
+
+    cal = [with_spread(x) for x in (9.704, 2.096, 2.718, 3.917)]
+    from ktstr.evaluate.compare import calibrate
+
+    noise = {case: {m: v["noise"] for m, v in ms.items() if v["noise"] is not None}
+             for case, ms in calibrate(cal[:2], cal[2:]).items()}  # fmt: skip
+    a, b = [with_spread(0.033), with_spread(0.006)], [with_spread(0.436), with_spread(0.457)]
+    (got,) = [c for c in compare(a, b, noise) if c.metric == "cg0.spread_pct"]
+    assert not got.relative and got.change == pytest.approx(0.427)
+    assert got.verdict == "no significant change"
