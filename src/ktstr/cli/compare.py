@@ -210,7 +210,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"bad --fail-on {g!r}: expected METRIC_GLOB:+PERCENT% (*.max_gap_ms:+10%)"
             )
     noise = {
-        case: {m: v["noise"] for m, v in per.items() if _finite(v.get("noise"))}
+        # A percentage's noise stored as a CV predates comparing it in points.
+        case: {
+            m: v["noise"]
+            for m, v in per.items()
+            if _finite(v.get("noise")) and not (m.endswith("_pct") and v.get("relative"))
+        }
         for case, per in _read_calibration(calibration_file(args)).items()
         if isinstance(per, dict)
     }
