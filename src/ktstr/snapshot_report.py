@@ -33,6 +33,7 @@ def render(snap: Snapshot, map_name: str | None = None, cpu: int | None = None) 
         lines.append(f"note: {d['late']}")
     if d.get("error"):
         lines.append(f"error: {d['error']}")
+    lines += [f"not read: {part}: {why}" for part, why in (d.get("errors") or {}).items()]
     lines += _scx(snap.scx)
     lines += _cpus(snap, cpu)
     lines += _dsqs(snap, cpu)

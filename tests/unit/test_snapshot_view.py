@@ -91,3 +91,33 @@ def test_gdb_packets_parse_in_any_chunks_and_bad_ones_end_the_session():
         PacketParser().feed(b"$OK#00")
     with pytest.raises(GdbError, match="over"):
         PacketParser().feed(b"$" + b"x" * (70 * 1024))
+
+
+def test_a_part_that_faults_loses_only_that_part():
+    """At a scheduler's exit the kernel frees its DSQs while its exit state
+    is still there (6.12: 'address is not mapped' in the DSQ table): the
+    snapshot keeps the exit, names what it could not read, and shows it."""
+    from ktstr.inspect.memory import FaultError
+    from ktstr.inspect.snapshot import Snapshotter
+
+    class Value:
+        def value_(self) -> int:
+            return 4242
+
+    class TornDown(Snapshotter):
+        def scx_state(self, sch):
+            return {"enable_state": "SCX_DISABLING", "exit_kind": "SCX_EXIT_ERROR_BPF"}
+
+        def dsqs(self, sch):
+            raise FaultError("virtual 0xffffc9000025c0f8 is not mapped")
+
+        def maps(self):
+            return []
+
+    doc = TornDown({"jiffies_64": Value()}).take()  # no CPUs to walk either
+    assert doc["scx"]["exit_kind"] == "SCX_EXIT_ERROR_BPF" and doc["dsqs"] == []
+    assert doc["errors"]["dsqs"] == "FaultError: virtual 0xffffc9000025c0f8 is not mapped"
+    assert set(doc["errors"]) == {"dsqs", "cpus"}
+    meta = {"schema": "ktstr.snapshot/1", "name": "exit", "trigger": "scheduler_exit"}
+    text = render(Snapshot({**doc, **meta}))
+    assert "not read: dsqs: FaultError: virtual 0xffffc9000025c0f8 is not mapped" in text

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ktstr.inspect.btf import Btf, BtfError
@@ -107,13 +107,27 @@ class Snapshotter:
         self.deadline = time.monotonic() + self.budget_s
         self.jiffies = int(_sym(prog, "jiffies_64", "jiffies").value_())
         sch = self.root()
-        return {
+        errors: dict[str, str] = {}
+
+        def part(name: str, read: Callable[[], Any], empty: Any) -> Any:
+            """One part; a fault in it (a scheduler being torn down frees its
+            DSQs while its exit state is still there) loses only that part."""
+            try:
+                return read()
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+                return empty
+
+        out = {
             "jiffies": self.jiffies,
-            "scx": self.scx_state(sch),
-            "cpus": [self.cpu(c) for c in for_each_online_cpu(prog)],
-            "dsqs": self.dsqs(sch),
-            "maps": self.maps(),
+            "scx": part("scx", lambda: self.scx_state(sch), {}),
+            "cpus": part("cpus", lambda: [self.cpu(c) for c in for_each_online_cpu(prog)], []),
+            "dsqs": part("dsqs", lambda: self.dsqs(sch), []),
+            "maps": part("maps", self.maps, []),
         }
+        if errors:
+            out["errors"] = errors
+        return out
 
     def root(self) -> Any:
         """7.x's ``struct scx_sched *scx_root`` when set; None on 6.12 (its

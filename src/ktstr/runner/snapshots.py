@@ -314,6 +314,8 @@ def _summary(meta: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         out["late"] = True
     if "error" in doc:
         out["error"] = doc["error"]
+    elif doc.get("errors"):  # parts that could not be read; the rest was
+        out["error"] = "; ".join(f"{k}: {v}" for k, v in doc["errors"].items())[:500]
     out["maps"] = len(doc.get("maps") or [])
     return out
 
