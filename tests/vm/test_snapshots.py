@@ -100,8 +100,14 @@ def test_simple_queues_hold_every_runnable_worker(kernel, isolated):
         running = {c["curr"]["pid"] for c in s.cpus}
         local = {p for cpu in range(4) for p in s.dsq(local=cpu).pids()}
         shared = {p for d in s.doc["dsqs"] for p in s.dsq(int(d["id"], 16)).pids()}
-        assert pids <= running | local | shared, (s.name, pids - running - local - shared)
-        assert len(pids & (local | shared)) >= 8  # 12 runnable, at most 4 running
+        # A CPU frozen inside the kernel may hold one worker in transit (taken
+        # off the shared DSQ, not yet on its local one): seen once, cpu3 at
+        # CPL 0 while the other three ran workers in user space.
+        regs = s.doc.get("registers") or ""
+        in_kernel = sum("CPL=0" in ln and "HLT=0" in ln for ln in regs.splitlines())
+        missing = pids - running - local - shared
+        assert len(missing) <= in_kernel, (s.name, missing, in_kernel)
+        assert len(pids & (local | shared)) >= 8 - len(missing)  # 12 runnable, at most 4 running
         assert all(len(s.dsq(local=c).tasks) == s.dsq(local=c).nr for c in range(4))
 
 
