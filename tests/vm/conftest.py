@@ -92,17 +92,18 @@ def kernel_for(kernels: dict[str, Kernel], series: str) -> Kernel:
 #: enabled, print where vmcoreinfo is (for capture_live).
 CAPTURE_JOB = (
     "{sched} >/dev/null 2>&1 & P=$!; "
-    "for c in 0 1 2 3; do taskset -c $c sh -c 'while :; do :; done' >/dev/null & "
+    "for c in {cpus}; do taskset -c $c sh -c 'while :; do :; done' >/dev/null & "
     'P="$P $!"; done; '
     "for i in $(seq 100); do grep -q '^enabled' /sys/kernel/sched_ext/state && break; "
     "sleep 0.2; done; sleep 1; echo VMCI $(cat /sys/kernel/vmcoreinfo); sleep 6; kill $P"
 )
 
 
-def capture_live(kernel: Kernel, scheduler: Path, topology, grab) -> bool:
-    """Boot ``kernel`` with shared RAM, run ``scheduler`` under load, and call
-    ``grab(mem, info)`` once while it runs (the guest is live: what a test
-    records from it is what the unit tier replays). True if it was called."""
+def capture_live(kernel: Kernel, scheduler: Path, topology, grab, spin: bool = True) -> bool:
+    """Boot ``kernel`` with shared RAM, run ``scheduler`` (under a spinner
+    pinned to each CPU, with ``spin``), and call ``grab(mem, info)`` once
+    while it runs (the guest is live: what a test records from it is what
+    the unit tier replays). True if it was called."""
     from ktstr.host.vm import shm_dir
     from ktstr.inspect.memory import GuestMemory
     from ktstr.inspect.program import read_vmcoreinfo
@@ -127,7 +128,7 @@ def capture_live(kernel: Kernel, scheduler: Path, topology, grab) -> bool:
 
     job = {
         "mode": "exec",
-        "command": CAPTURE_JOB.format(sched=scheduler),
+        "command": CAPTURE_JOB.format(sched=scheduler, cpus="0 1 2 3" if spin else ""),
         "host_paths": [str(scheduler)],
     }
     req = BootRequest(kernel=kernel, topology=topology, job=job, share_memory=True,

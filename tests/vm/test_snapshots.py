@@ -212,7 +212,12 @@ def test_capture_btf_the_unit_tests_replay(kernels, isolated, series):
             capture["btf"] = base64.b64encode(btf.raw).decode()
         capture["maps"] = maps
 
-    assert capture_live(kernel, sched(kernel, "scx_qmap").binary, TOPO, grab), "no vmcoreinfo"
+    # No spinners: the maps need none, and with one pinned to each CPU under
+    # scx_qmap and one TCG thread the guest sent nothing for 120 s, 3 times
+    # in about 8 runs (the shell never reached its echo; a CPU was parsing a
+    # 9p reply). Not understood yet; the catalog does not run scx_qmap.
+    got = capture_live(kernel, sched(kernel, "scx_qmap").binary, TOPO, grab, spin=False)
+    assert got, "no vmcoreinfo"
     assert {"scx_qmap.bss", "scx_qmap.rodata"} <= {m["name"] for m in capture["maps"]}
     assert base64.b64decode(capture["btf"])[:2] == b"\x9f\xeb"
     if os.environ.get("KTSTR_REGEN_CAPTURE"):
