@@ -129,3 +129,17 @@ def test_only_an_int3_oops_before_ready_under_mttcg_is_relaunched():
     assert not tcg_boot_artifact(oops, AccelChoice(Accel.KVM, False, ""), booting)
     ready = GuestRun(accel=mt, qemu=NEW, timings=Timings(ready=4.2))
     assert not tcg_boot_artifact(oops, mt, ready)
+
+
+def test_tcg_guests_trust_their_tsc_and_skip_calibration_kvm_guests_get_nothing():
+    """Under TCG every vCPU's TSC is QEMU's host clock: the 7.x clocksource
+    watchdog's cross-CPU check (interrupts off, waiting on another vCPU)
+    hung boots under one TCG thread. KVM guests keep the kernel's defaults."""
+    from types import SimpleNamespace
+
+    from ktstr.runner.boot import _tcg_params
+
+    req = SimpleNamespace(kernel=SimpleNamespace(config={"CONFIG_HZ": "1000"}))
+    tcg = _tcg_params(req, AccelChoice(Accel.TCG, False, ""))  # type: ignore[arg-type]
+    assert "tsc=reliable" in tcg and any(p.startswith("lpj=") for p in tcg) == bool(tcg_lpj(1000))
+    assert _tcg_params(req, AccelChoice(Accel.KVM, False, "")) == ()  # type: ignore[arg-type]

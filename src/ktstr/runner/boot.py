@@ -210,12 +210,20 @@ def prepare(req: BootRequest) -> tuple[VmSpec, AccelChoice, QemuInfo, list[str]]
 
 
 def _tcg_params(req: BootRequest, accel: AccelChoice) -> tuple[str, ...]:
-    """Kernel parameters that spare a TCG boot what only costs time there."""
+    """Kernel parameters that spare a TCG guest what only costs time there.
+
+    ``lpj``: each vCPU would calibrate its delay loop, one after another.
+    ``tsc=reliable``: every vCPU's TSC is QEMU's one host clock, so it cannot
+    skew, and checking that it does not hangs: Linux 7.x's clocksource
+    watchdog ping-pongs with another CPU with interrupts off, which one TCG
+    thread serializes (4 of about 400 boots here never got ready, one with
+    CPU0 in ``watchdog_wait_seq`` and every other vCPU halted).
+    """
     if accel.accel is not Accel.TCG:
         return ()
     hz = req.kernel.config.get("CONFIG_HZ", "")
     lpj = tcg_lpj(int(hz)) if hz.isdigit() else None
-    return (f"lpj={lpj}",) if lpj else ()
+    return (*((f"lpj={lpj}",) if lpj else ()), "tsc=reliable")
 
 
 _COMPILED: set[str] = set()
