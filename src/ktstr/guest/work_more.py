@@ -27,6 +27,7 @@ from ktstr.guest.work_types import (
     _sleep,
     fork_and_wait,
     spin,
+    stop_deferred,
 )
 from ktstr.spec.work import Work, WorkKind
 
@@ -208,15 +209,12 @@ def _pi_lock(ctx: Ctx) -> Step:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def step() -> None:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, usr1)
-        try:
+        with stop_deferred():
             t = _ns()
             lock()
             got = _ns()
             busy(hold)
             _futex(addr, _FUTEX_UNLOCK_PI, 0)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         ctx.tel.latency(got - t)
         ctx.tel.tick(blocked_ns=got - t)
 

@@ -4,6 +4,7 @@ included, so scheduling gaps exclude intended sleeps)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import importlib
@@ -12,7 +13,7 @@ import os
 import signal
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -251,12 +252,22 @@ def _cache_pressure(ctx: Ctx) -> Step:
     return step
 
 
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[set[int | signal.Signals]]:
+    """SIGUSR1 (the stop) blocked inside, pending until the block ends;
+    yields the mask to restore (a forked child inherits the block)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        yield old
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def fork_and_wait(ctx: Ctx, child: Callable[[], None]) -> None:
     """Fork, run ``child`` in the child (then exit), wait for it; one tick.
     The stop signal waits until after fork: raised inside an at-fork hook
     it would be ignored."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    try:
+    with stop_deferred() as old:
         pid = os.fork()
         if pid == 0:
             try:
@@ -264,8 +275,6 @@ def fork_and_wait(ctx: Ctx, child: Callable[[], None]) -> None:
                 child()
             finally:
                 os._exit(0)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     t = _ns()
     os.waitpid(pid, 0)
     ctx.tel.tick(blocked_ns=_ns() - t)

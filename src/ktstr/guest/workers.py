@@ -34,6 +34,7 @@ from ktstr.guest.work_types import (
     Stop,
     make_shared,
     make_step,
+    stop_deferred,
 )
 from ktstr.protocol.messages import WorkerReport, to_json
 from ktstr.spec.ledger import WorkerId
@@ -319,13 +320,10 @@ class WorkerPool:
             # The child sets its SIGUSR1 handler when it first runs; until
             # then a stop would kill it (the default action), so it starts
             # with SIGUSR1 blocked and unblocks it once the handler is set.
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-            try:
+            with stop_deferred():
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - child
                     _child(spec, self._barrier, path, fds)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             w = Worker(pid, spec, path)
             self.workers[w.id] = w
             out.append(w)
