@@ -191,9 +191,8 @@ static void pipe_loop(struct tel *t, int rd, int wr, int me, const sigset_t *wai
 				break;
 		}
 		tel_tick(t, blocked);
-		int64_t now = now_ns();
-		if (now - checked >= STOP_CHECK_NS) {
-			checked = now;
+		if (t->last - checked >= STOP_CHECK_NS) { /* t->last: tel_tick's clock read */
+			checked = t->last;
 			if (take_pending_stop())
 				break;
 		}
