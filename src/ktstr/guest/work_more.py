@@ -11,6 +11,7 @@ import ctypes
 import errno
 import mmap
 import os
+import select
 import signal
 import struct
 import threading
@@ -116,8 +117,17 @@ def _producer_consumer(ctx: Ctx) -> Step:
     def produce() -> None:
         busy(work)
         t = _ns()
-        os.write(wr, struct.pack("<q", _ns()))  # blocks while the queue is full
-        ctx.tel.tick(blocked_ns=_ns() - t)
+        while True:
+            select.select((), (wr,), ())  # waits while the queue is full; a stop ends it
+            # An item is counted iff it was enqueued: a stop between the two
+            # left consumers counting one more than their producer.
+            with stop_deferred():
+                try:
+                    os.write(wr, struct.pack("<q", _ns()))  # non-blocking
+                except BlockingIOError:
+                    continue  # another producer took the room
+                ctx.tel.tick(blocked_ns=_ns() - t)
+                return
 
     def consume() -> None:
         t = _ns()
@@ -322,6 +332,7 @@ def make_shared(work: Work) -> Shared | None:
         return Shared(pipes=(os.pipe(), os.pipe()))
     if work.kind is WorkKind.PRODUCER_CONSUMER:
         r, w = os.pipe2(os.O_DIRECT)  # packets: an 8-byte item is never split
+        os.set_blocking(w, False)  # producers wait in select(), where a stop reaches them
         return Shared(pipes=((r, w), (r, w)))
     if work.kind in (WorkKind.THUNDERING_HERD, WorkKind.PI_LOCK):
         return Shared(page=mmap.mmap(-1, mmap.PAGESIZE, mmap.MAP_SHARED))
