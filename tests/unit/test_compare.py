@@ -187,3 +187,27 @@ def test_a_percentage_changes_in_points_not_relative_to_a_near_zero_base():
     (got,) = [c for c in compare(a, b, noise) if c.metric == "cg0.spread_pct"]
     assert not got.relative and got.change == pytest.approx(0.427)
     assert got.verdict == "no significant change"
+
+
+def test_constant_sides_need_enough_runs_to_be_a_change():
+    """A/A on Linux 6.12: monitor.max_imbalance was 2 and 2 on one side, 3
+    and 3 on the other. With no variance Welch's test has nothing to say, and
+    p = 0 made it "worse"; two runs a side cannot show that (exact p 0.33),
+    while six a side wholly apart can (0.002; 0.015 after the correction
+    over this case's seven metrics)."""
+
+    def with_imbalance(n: float) -> dict:
+        d = doc(100.0, 800.0)
+        d["monitor"] = {"max_imbalance": n}
+        return d
+
+    def verdict(a: list[float], b: list[float]) -> tuple[float, str]:
+        (c,) = [c for c in compare([with_imbalance(x) for x in a], [with_imbalance(x) for x in b])
+                if c.metric == "monitor.max_imbalance"]  # fmt: skip
+        return c.p, c.verdict
+
+    p, v = verdict([2, 2], [3, 3])
+    assert p == pytest.approx(1 / 3) and v == "no significant change"
+    p, v = verdict([2] * 6, [3] * 6)
+    assert p == pytest.approx(2 / 924) and v == "worse"
+    assert verdict([2, 2, 2], [2, 2])[0] == 1.0
