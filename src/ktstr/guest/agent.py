@@ -329,6 +329,7 @@ def main() -> None:
                         "uptime_s": uptime,
                         "mount_warnings": failed_mounts,
                         "kernel": os.uname().release,
+                        "python": f"{sys.executable} {sys.version.split()[0]}",
                         "steps": {k: round(v, 4) for k, v in steps.items()},
                     },
                 )

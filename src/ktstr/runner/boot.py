@@ -19,6 +19,7 @@ from ktstr.host.qemu_argv import Accel, VmSpec
 from ktstr.protocol.evidence import Collector, Evidence
 from ktstr.protocol.frames import DecoderStats
 from ktstr.protocol.messages import Lifecycle, SchedExit, Stimulus, TestResult, WorkerReport
+from ktstr.runner.guest_python import guest_python
 from ktstr.runner.monitoring import MonitorPlan, MonitorRun
 from ktstr.runner.snapshots import SnapshotRun
 from ktstr.spec.topology import Topology
@@ -256,6 +257,7 @@ def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
     pkg_parent = str(Path(ktstr.__file__).parent.parent)
     _compile_package(str(Path(ktstr.__file__).parent))
-    if any(c.isspace() for c in pkg_parent + sys.executable):
+    exe = guest_python(pkg_parent)
+    if any(c.isspace() for c in pkg_parent + exe):
         return (sys.executable, "-m", "ktstr.guest.agent"), ()
-    return (sys.executable, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
+    return (exe, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
