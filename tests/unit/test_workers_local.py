@@ -3,6 +3,9 @@ in for cgroup.procs). The guest runs the same code."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -104,9 +107,6 @@ def test_stop_before_start_still_reports(tmp_path):
 def test_pipe_worker_whose_peer_died_stops_at_once(tmp_path):
     """Each worker holds only its own pipe ends, so a dead peer is an EOF,
     not a read that blocks until the worker is SIGKILLed."""
-    import os
-    import signal
-
     pool = WorkerPool(report_dir=str(tmp_path / "reports"))
     try:
         pair = specs(tmp_path, Work.pipe_io(), 2)
@@ -166,8 +166,6 @@ def test_a_pipe_loop_that_never_waits_still_stops(tmp_path):
     "pipe" is a file of 1M stamps (always readable) and the reply goes to
     /dev/null: the stop, sent to this thread alone, must end the loop within
     the 10 ms check, not when the stamps run out."""
-    import os
-    import signal
     import threading
 
     from ktstr import _native
@@ -276,3 +274,51 @@ def test_deadline_tasks_run_once_per_period(tmp_path):
     if r.error and "sched_setattr" in r.error:
         pytest.skip(f"host refuses SCHED_DEADLINE: {r.error}")
     assert r.error is None and 15 <= r.iterations <= 27
+
+
+def test_a_stop_that_keeps_making_progress_is_not_cut_short(tmp_path):
+    """The stop's timeout bounds the time without progress: six workers that
+    exit one every 0.4 s (as many workers writing reports under one TCG
+    thread do) all report, though the last exits well past a 1 s timeout."""
+    pool = WorkerPool(report_dir=str(tmp_path / "reports"))
+    try:
+        workers = pool.spawn(specs(tmp_path, Work.spin(), 6))
+        pool.release()
+        time.sleep(0.2)
+        for w in workers:
+            os.kill(w.pid, signal.SIGSTOP)  # the stop stays pending until SIGCONT
+
+        def resume_one_by_one() -> None:
+            for w in workers:
+                time.sleep(0.4)
+                os.kill(w.pid, signal.SIGCONT)
+
+        threading.Thread(target=resume_one_by_one, daemon=True).start()
+        t0 = time.monotonic()
+        reports = pool.stop(timeout=1.0)
+        took = time.monotonic() - t0
+    finally:
+        pool.close()
+    assert took > 2.0 and not pool.stuck
+    assert [r.error for r in reports] == [None] * 6, reports
+
+
+def test_a_worker_that_never_stops_is_described_and_killed(tmp_path):
+    """One worker held stopped: the others report, it is declared stuck
+    ``timeout`` after the last exit (with its state), killed, and reported."""
+    pool = WorkerPool(report_dir=str(tmp_path / "reports"))
+    try:
+        workers = pool.spawn(specs(tmp_path, Work.spin(), 3))
+        pool.release()
+        time.sleep(0.2)
+        os.kill(workers[1].pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        reports = pool.stop(timeout=1.0)
+        took = time.monotonic() - t0
+    finally:
+        pool.close()
+    assert 1.0 < took < 4.0
+    assert [w for w, _ in pool.stuck] == [workers[1].id] and "State:" in pool.stuck[0][1]
+    errors = {r.index: r.error for r in reports}
+    assert errors[0] is None and errors[2] is None
+    assert errors[1] is not None and "did not stop in time" in errors[1], errors

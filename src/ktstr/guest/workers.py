@@ -17,17 +17,15 @@ import ctypes
 import json
 import mmap
 import os
-import random
 import signal
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
+from ktstr.guest.reaping import KILL_WAIT, STOP_LIMIT, describe_task, wait_all
+from ktstr.guest.telemetry import Telemetry, schedstat
 from ktstr.guest.work_types import (
-    LAT_RESERVOIR,
     NATIVE,
     Ctx,
     Shared,
@@ -46,85 +44,6 @@ _POLICIES = {
     PolicyKind.NORMAL: os.SCHED_OTHER, PolicyKind.BATCH: os.SCHED_BATCH,
     PolicyKind.IDLE: os.SCHED_IDLE, PolicyKind.FIFO: os.SCHED_FIFO, PolicyKind.RR: os.SCHED_RR,
 }  # fmt: skip
-
-
-def schedstat() -> tuple[int, int, int]:
-    """(on-CPU ns, run-queue wait ns, timeslices) of this task."""
-    try:
-        a, b, c = Path("/proc/self/schedstat").read_text().split()[:3]
-        return int(a), int(b), int(c)
-    except (OSError, ValueError):
-        return (0, 0, 0)
-
-
-class Telemetry:
-    """Per-iteration bookkeeping; ``tick`` is on the hot path."""
-
-    __slots__ = (
-        "cpus",
-        "iterations",
-        "last",
-        "last_cpu",
-        "lat",
-        "lat_seen",
-        "max_gap",
-        "max_gap_at",
-        "max_gap_cpu",
-        "mem_node",
-        "migrations",
-        "rnd",
-        "t0",
-        "units",
-    )
-
-    def __init__(self, t0_ns: int = 0) -> None:
-        self.t0 = self.last = t0_ns or time.monotonic_ns()
-        self.iterations = self.units = self.migrations = 0
-        self.max_gap = self.max_gap_at = 0
-        self.last_cpu = self.max_gap_cpu = _libc.sched_getcpu()
-        self.cpus = {self.last_cpu}
-        self.lat: list[int] = []
-        self.lat_seen = 0
-        self.mem_node = -1  # NUMA node of the work's memory, where it has some
-        self.rnd = random.Random(os.getpid())
-
-    def tick(self, units: int = 1, blocked_ns: int = 0) -> None:
-        now = time.monotonic_ns()
-        cpu = _libc.sched_getcpu()
-        gap = now - self.last - blocked_ns
-        if gap > self.max_gap:
-            self.max_gap, self.max_gap_at, self.max_gap_cpu = gap, self.last - self.t0, cpu
-        if cpu != self.last_cpu:
-            self.migrations += 1
-            self.cpus.add(cpu)
-            self.last_cpu = cpu
-        self.iterations += 1
-        self.units += units
-        self.last = now
-
-    def absorb(self, native: dict[str, Any]) -> None:
-        """Take over the telemetry of a native loop (``ktstr._native``)."""
-        self.iterations += int(native["iterations"])
-        self.units += int(native["iterations"])
-        if native["max_gap_ns"] > self.max_gap:
-            self.max_gap = int(native["max_gap_ns"])
-            self.max_gap_at = int(native["t0_ns"]) + int(native["max_gap_at_ns"]) - self.t0
-            self.max_gap_cpu = int(native["max_gap_cpu"])
-        self.migrations += int(native["migrations"])
-        self.cpus.update(native["cpus"])
-        self.last = time.monotonic_ns()
-        self.lat.extend(native["lat_ns"][: LAT_RESERVOIR - len(self.lat)])
-        self.lat_seen += int(native["lat_seen"])
-
-    def latency(self, ns: int) -> None:
-        """A wake-to-run latency sample (reservoir-capped)."""
-        self.lat_seen += 1
-        if len(self.lat) < LAT_RESERVOIR:
-            self.lat.append(ns)
-        else:
-            j = self.rnd.randrange(self.lat_seen)
-            if j < LAT_RESERVOIR:
-                self.lat[j] = ns
 
 
 _stop_requested = [False]
@@ -342,46 +261,51 @@ class WorkerPool:
         return [w for w in chosen if w.report is None]
 
     def stop(self, ids: list[WorkerId] | None = None, timeout: float = 10.0) -> list[WorkerReport]:
-        """Stop these workers (or all), collect their reports."""
+        """Stop these workers (or all), collect their reports.
+
+        ``timeout`` bounds the time without progress, not the whole stop:
+        while workers keep exiting the stop goes on (many workers writing
+        their reports under one TCG thread take long, and none is stuck),
+        up to STOP_LIMIT in all; those still alive ``timeout`` after the
+        last one exited are stuck."""
         targets = self.running(ids)
         self.release()  # never leave a worker waiting on the barrier
         for w in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
+        statuses = wait_all([w.pid for w in targets], timeout, STOP_LIMIT)
+        stuck: dict[int, str] = {}
         for w in targets:
-            self._reap(w, deadline)
+            if w.pid not in statuses:
+                stuck[w.pid] = describe_task(w.pid)
+                self.stuck.append((w.id, stuck[w.pid]))
+                if self.on_stuck is not None:
+                    self.on_stuck(w.id, w.pid, stuck[w.pid])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
+        killed = wait_all(list(stuck), KILL_WAIT, KILL_WAIT)
+        for w in targets:
+            status = statuses.get(w.pid, -9 if w.pid in killed else None)
+            self._collect(w, status, stuck.get(w.pid, ""))
         return [w.report for w in targets if w.report is not None]
 
-    def _reap(self, w: Worker, deadline: float) -> None:
-        """Wait for a stopped worker; past ``deadline`` describe it (state,
-        wait channel, kernel stack), SIGKILL it, and wait a bounded time
-        more. A task the scheduler never runs cannot even die: then it is
-        left behind and reported, and the agent goes on."""
-        status = _wait(w.pid, deadline)
+    def _collect(self, w: Worker, status: int | None, stuck: str) -> None:
+        """A stopped worker's report, or why there is none. A task the
+        scheduler never runs cannot even die when killed (``status`` None):
+        it is left behind and reported, and the agent goes on."""
         if status is None:
-            stuck = describe_task(w.pid)
-            self.stuck.append((w.id, stuck))
-            if self.on_stuck is not None:
-                self.on_stuck(w.id, w.pid, stuck)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.pid, signal.SIGKILL)
-            status = _wait(w.pid, time.monotonic() + KILL_WAIT)
-            if status is None:
-                w.report = error_report(
-                    w.spec.cgroup, w.spec.index, w.pid, f"did not stop, even when killed: {stuck}"
-                )
-                self.unreaped.append(w.pid)
-                return
-            status = -9
+            why = f"did not stop, even when killed: {stuck}"
+            w.report = error_report(w.spec.cgroup, w.spec.index, w.pid, why)
+            self.unreaped.append(w.pid)
+            return
         try:
             with open(w.report_path) as f:
                 w.report = WorkerReport(**json.load(f))
             os.unlink(w.report_path)
         except (OSError, ValueError, TypeError):
             why = f"no report (exit status {status})"
-            if status == -9:
-                why += f"; did not stop in time: {self.stuck[-1][1]}"
+            if stuck:
+                why += f"; did not stop in time: {stuck}"
             w.report = error_report(w.spec.cgroup, w.spec.index, w.pid, why)
 
     def set_affinity(
@@ -397,46 +321,15 @@ class WorkerPool:
 
     def close(self) -> None:
         self.release()
-        for w in self.running():
+        left = self.running()
+        for w in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w.pid, signal.SIGKILL)
-            if _wait(w.pid, time.monotonic() + KILL_WAIT) is None:
+        exited = wait_all([w.pid for w in left], KILL_WAIT, KILL_WAIT)
+        for w in left:
+            if w.pid not in exited:
                 self.unreaped.append(w.pid)
-            w.report = w.report or error_report(
-                w.spec.cgroup, w.spec.index, w.pid, "killed at teardown"
-            )
-
-
-#: After SIGKILL, how long a worker may take to die before it is left behind.
-KILL_WAIT = 5.0
-
-
-def _wait(pid: int, deadline: float) -> int | None:
-    """The exit status of child ``pid``, or None if it lives past ``deadline``."""
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return -1
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.005)
-
-
-def describe_task(pid: int) -> str:
-    """State, wait channel and kernel stack of a task that will not stop."""
-    parts = []
-    for name in ("status", "wchan", "stack"):
-        try:
-            text = Path(f"/proc/{pid}/{name}").read_text(errors="replace")
-        except OSError:
-            continue
-        if name == "status":
-            text = next((ln for ln in text.splitlines() if ln.startswith("State:")), "")
-        parts.append(f"{name}: " + " | ".join(text.strip().splitlines()[:12]))
-    return f"pid {pid} " + "; ".join(parts)
+            w.report = error_report(w.spec.cgroup, w.spec.index, w.pid, "killed at teardown")
 
 
 def specs_for(
