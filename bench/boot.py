@@ -98,7 +98,7 @@ def main() -> None:
     print(
         f"kernel {req.kernel.version} ({req.kernel.image.name}), topology {topo} "
         f"({topo.cpus} vCPUs), QEMU {qemu.version_str}, {accel.describe()}, "
-        f"guest Python {guest_python(str(Path(ktstr.__file__).parent.parent))}"
+        f"guest Python {guest_python(str(Path(ktstr.__file__).parent.parent)).exe}"
     )
     raws, ours = [], []
     for i in range(args.runs):  # interleaved, so drift hits both alike

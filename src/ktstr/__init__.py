@@ -12,6 +12,13 @@ import time as _time
 #: in the guest, where Python's own start ends and ktstr's imports begin.
 IMPORTED_AT = _time.clock_gettime(_time.CLOCK_BOOTTIME)
 
+import os as _os  # noqa: E402
+
+if _os.environ.get("KTSTR_CODE_CACHE"):  # the guest: see ktstr.codecache
+    from ktstr.codecache import install as _install
+
+    _install(_os.environ["KTSTR_CODE_CACHE"])
+
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 __version__ = "0.1.0"

@@ -257,7 +257,7 @@ def _agent_init() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
     pkg_parent = str(Path(ktstr.__file__).parent.parent)
     _compile_package(str(Path(ktstr.__file__).parent))
-    exe = guest_python(pkg_parent)
-    if any(c.isspace() for c in pkg_parent + exe):
+    py = guest_python(pkg_parent)
+    if any(c.isspace() for c in pkg_parent + py.exe + "".join(py.env)):
         return (sys.executable, "-m", "ktstr.guest.agent"), ()
-    return (exe, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}",)
+    return (py.exe, "-S", "-m", "ktstr.guest.agent"), (f"PYTHONPATH={pkg_parent}", *py.env)
