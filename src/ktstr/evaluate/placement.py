@@ -95,9 +95,9 @@ def _verdict(check: str, good: int, floor: float, total: int, what: str, **ev: A
           "samples": total, **ev}  # fmt: skip
     msg = f"{what} in {pct:.0f}% of {total} samples"
     if upper < floor:
-        return (check, "fail", f"{msg} (want >= {floor:g}%; at most {upper:.0f}%)", ev)
+        return (check, "fail", f"{msg} (want >= {floor:g}%; at most {upper:.1f}%)", ev)
     if pct < floor:
-        msg += f" (under {floor:g}%, but {total} samples cannot show it: up to {upper:.0f}%)"
+        msg += f" (under {floor:g}%, but {total} samples cannot show it: up to {upper:.1f}%)"
     return (check, "info", msg, ev)
 
 
