@@ -49,6 +49,8 @@ FINDINGS = {
         "watchdog's own check-in missed 5 s and killed it in 3 of 4 runs of 15 s", "llcs"),
     ("numa_local", "scx_simple"): ("scx_simple moves memory-bound workers off their memory's "
         "node (52 % local at 2n2l2c1t; EEVDF 100 %)", "nodes"),
+    ("wake_latency", "scx_simple"): ("scx_simple starves a per-CPU kworker behind a ping-pong "
+        "pair's directly dispatched wake-ups: 2.9 s in the shared DSQ at 1n2l2c2t", "llcs"),
 }  # fmt: skip
 
 
