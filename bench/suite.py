@@ -32,6 +32,9 @@ def one(width: int, names: list[str], duration: float, topology: str) -> float:
     passed = sum(doc["status"] == "pass" for doc in docs)
     print(f"-j {width}: {len(docs)} runs ({passed} passed), wall {wall:.0f}s, workload "
           f"{work:.0f}s, efficiency {work / wall:.0%}")  # fmt: skip
+    failed = sorted(str(doc.get("scenario")) for doc in docs if doc["status"] != "pass")
+    if failed:
+        print(f"  not passed: {', '.join(failed)}")
     spent = [phase_spent(doc["durations"].get("phases", {})) for doc in docs]
     print("  " + phase_totals([s for s in spent if s]))
     return wall
