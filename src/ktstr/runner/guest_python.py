@@ -2,8 +2,9 @@
 
 The guest runs an interpreter from the host's root (shared over 9p). Under
 TCG its start-up and imports are most of the gap between a raw boot and
-agent ready, so the build matters: distributions build CPython with PGO and
-LTO, pyenv and plain source builds do not. Here Debian's 3.11 brought the
+agent ready, so the build matters: Debian's is profile-guided and has
+libpython linked into the executable, while pyenv's here calls it as a
+shared library (``--enable-shared``, no PGO). Here Debian's 3.11 brought the
 agent up 1.7 s sooner (8.7 s -> 7.0 s from QEMU start, 1n2l2c1t) than the
 pyenv 3.11 the venv was made from.
 
