@@ -322,3 +322,38 @@ def test_a_worker_that_never_stops_is_described_and_killed(tmp_path):
     errors = {r.index: r.error for r in reports}
     assert errors[0] is None and errors[2] is None
     assert errors[1] is not None and "did not stop in time" in errors[1], errors
+
+
+def test_wait_all_without_pidfds_polls_and_leaks_nothing(monkeypatch):
+    """Past the fd limit a child gets no pidfd: it is polled instead, and
+    exits are still seen; an idle child is left pending after ``idle``."""
+    from ktstr.guest.reaping import wait_all
+
+    slow = os.fork()
+    if slow == 0:  # pragma: no cover - child
+        time.sleep(0.3)
+        os._exit(3)
+    quick = os.fork()
+    if quick == 0:  # pragma: no cover - child
+        os._exit(4)
+    real = os.pidfd_open
+
+    def pidfd_open(pid: int, *flags: int) -> int:
+        if pid == slow:
+            raise OSError(24, "Too many open files")
+        return real(pid, *flags)
+
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    got = wait_all([slow, quick], 2.0, 5.0)
+    assert {p: os.waitstatus_to_exitcode(s) for p, s in got.items()} == {slow: 3, quick: 4}
+    idle = os.fork()
+    if idle == 0:  # pragma: no cover - child
+        time.sleep(10)
+        os._exit(0)
+    t0 = time.monotonic()
+    assert wait_all([idle], 0.3, 5.0) == {}
+    assert 0.3 <= time.monotonic() - t0 < 2.0
+    os.kill(idle, signal.SIGKILL)
+    os.waitpid(idle, 0)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
