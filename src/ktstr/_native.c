@@ -8,7 +8,10 @@
  * loop here, with the same telemetry as guest/workers.py's Telemetry.
  *
  * pingpong(kind, role, rd, wr, page, max_samples) -> dict
- *   kind 0: futex on page[0:4] (turn) and page[8:16] (stamp); 1: pipes rd/wr.
+ *   kind 0: futex on page[0:4] (turn), page[4:8] (the waker's CPU) and
+ *   page[8:16] (stamp); 1: pipes rd/wr, a message being {stamp, waker's CPU}.
+ *   The woken side counts each wake-up by (waker's CPU, its own CPU): the
+ *   "places" of the result, which the host maps to LLCs and nodes.
  *   Runs until SIGUSR1 (a C handler replaces Python's for the duration; the
  *   hand-over blocks the signal, so one sent just before is not lost).
  *   The pipe loop keeps SIGUSR1 blocked and waits in ppoll(), which unblocks
@@ -30,6 +33,9 @@
 #include <unistd.h>
 
 #define MAX_CPUS 1024
+/* Distinct (waker CPU, woken CPU) pairs a worker counts; wake-ups past them
+ * are counted as lost (protocol.messages.MAX_WAKE_PLACES). */
+#define MAX_PLACES 1024
 
 static volatile sig_atomic_t stop_flag;
 
@@ -49,6 +55,9 @@ struct tel {
 	uint64_t rng;
 	int64_t *lat;
 	unsigned char cpus[MAX_CPUS / 8];
+	int nplaces, hint;
+	long places_lost;
+	struct place { int32_t waker, cpu; long n; } places[MAX_PLACES];
 };
 
 static void tel_init(struct tel *t, int64_t *lat, long max_samples)
@@ -99,7 +108,37 @@ static void tel_latency(struct tel *t, int64_t ns)
 	}
 }
 
-static void futex_loop(struct tel *t, volatile int32_t *turn, volatile int64_t *stamp, int me)
+/* A wake-up by a task that was on CPU waker, seen on this task's CPU now. */
+static void tel_place(struct tel *t, int64_t waker)
+{
+	int cpu = sched_getcpu();
+
+	if (waker < 0 || waker >= MAX_CPUS || cpu < 0) {
+		t->places_lost++;
+		return;
+	}
+	struct place *p = &t->places[t->hint];
+	if (t->nplaces && p->waker == waker && p->cpu == cpu) {
+		p->n++;
+		return;
+	}
+	for (int i = 0; i < t->nplaces; i++) {
+		if (t->places[i].waker == waker && t->places[i].cpu == cpu) {
+			t->places[i].n++;
+			t->hint = i;
+			return;
+		}
+	}
+	if (t->nplaces == MAX_PLACES) {
+		t->places_lost++;
+		return;
+	}
+	t->places[t->nplaces] = (struct place){ (int32_t)waker, cpu, 1 };
+	t->hint = t->nplaces++;
+}
+
+static void futex_loop(struct tel *t, volatile int32_t *turn, volatile int32_t *waker,
+		       volatile int64_t *stamp, int me)
 {
 	int other = 1 - me;
 	struct timespec to = { 0, 100000000 };
@@ -111,8 +150,11 @@ static void futex_loop(struct tel *t, volatile int32_t *turn, volatile int64_t *
 		if (stop_flag)
 			break;
 		int64_t woke = now_ns();
-		if (*stamp)
+		if (*stamp) {
 			tel_latency(t, woke - *stamp);
+			tel_place(t, *waker);
+		}
+		*waker = sched_getcpu();
 		*stamp = now_ns();
 		__atomic_store_n(turn, other, __ATOMIC_RELEASE);
 		syscall(SYS_futex, turn, FUTEX_WAKE, 1, NULL, NULL, 0);
@@ -137,17 +179,28 @@ static int wait_readable(int rd, const sigset_t *waitmask)
 	}
 }
 
+/* A pipe message: when it was sent, and from which CPU. */
+struct msg { int64_t stamp, cpu; };
+
+static int send_msg(int wr)
+{
+	struct msg m = { now_ns(), sched_getcpu() };
+	return write(wr, &m, sizeof(m)) == (ssize_t)sizeof(m) ? 0 : -1;
+}
+
 static int receive(struct tel *t, int rd, const sigset_t *waitmask, int64_t *blocked)
 {
-	int64_t start = now_ns(), stamp;
+	int64_t start = now_ns();
+	struct msg m;
 	if (wait_readable(rd, waitmask))
 		return -1;
-	ssize_t n = read(rd, &stamp, sizeof(stamp));
+	ssize_t n = read(rd, &m, sizeof(m));
 	int64_t woke = now_ns();
 
-	if (n != (ssize_t)sizeof(stamp))
+	if (n != (ssize_t)sizeof(m))
 		return -1;
-	tel_latency(t, woke - stamp);
+	tel_latency(t, woke - m.stamp);
+	tel_place(t, m.cpu);
 	*blocked = woke - start;
 	return 0;
 }
@@ -177,19 +230,13 @@ static void pipe_loop(struct tel *t, int rd, int wr, int me, const sigset_t *wai
 	int64_t checked = now_ns();
 
 	while (!stop_flag) {
-		int64_t blocked = 0, stamp;
-		if (me == 0) {
-			stamp = now_ns();
-			if (write(wr, &stamp, sizeof(stamp)) != (ssize_t)sizeof(stamp))
-				break;
-		}
+		int64_t blocked = 0;
+		if (me == 0 && send_msg(wr))
+			break;
 		if (receive(t, rd, waitmask, &blocked))
 			break;
-		if (me == 1) {
-			stamp = now_ns();
-			if (write(wr, &stamp, sizeof(stamp)) != (ssize_t)sizeof(stamp))
-				break;
-		}
+		if (me == 1 && send_msg(wr))
+			break;
 		tel_tick(t, blocked);
 		if (t->last - checked >= STOP_CHECK_NS) { /* t->last: tel_tick's clock read */
 			checked = t->last;
@@ -202,8 +249,16 @@ static void pipe_loop(struct tel *t, int rd, int wr, int me, const sigset_t *wai
 static PyObject *build_result(struct tel *t)
 {
 	PyObject *cpus = PyList_New(0), *lat = PyList_New(t->nlat);
-	if (!cpus || !lat)
+	PyObject *places = PyList_New(t->nplaces);
+	if (!cpus || !lat || !places)
 		goto fail;
+	for (int i = 0; i < t->nplaces; i++) {
+		struct place *p = &t->places[i];
+		PyObject *v = Py_BuildValue("(iil)", (int)p->waker, (int)p->cpu, p->n);
+		if (!v)
+			goto fail;
+		PyList_SET_ITEM(places, i, v);
+	}
 	for (int c = 0; c < MAX_CPUS; c++) {
 		if (t->cpus[c / 8] & (1 << (c % 8))) {
 			PyObject *v = PyLong_FromLong(c);
@@ -217,14 +272,16 @@ static PyObject *build_result(struct tel *t)
 	for (long i = 0; i < t->nlat; i++)
 		PyList_SET_ITEM(lat, i, PyLong_FromLongLong(t->lat[i]));
 	PyObject *r = Py_BuildValue(
-		"{s:l,s:L,s:L,s:i,s:l,s:N,s:N,s:l,s:L}", "iterations", t->iterations,
+		"{s:l,s:L,s:L,s:i,s:l,s:N,s:N,s:l,s:L,s:N,s:l}", "iterations", t->iterations,
 		"max_gap_ns", (long long)t->max_gap, "max_gap_at_ns", (long long)t->max_gap_at,
 		"max_gap_cpu", t->max_gap_cpu, "migrations", t->migrations, "cpus", cpus,
-		"lat_ns", lat, "lat_seen", t->lat_seen, "t0_ns", (long long)t->t0);
+		"lat_ns", lat, "lat_seen", t->lat_seen, "t0_ns", (long long)t->t0,
+		"places", places, "places_lost", t->places_lost);
 	return r;
 fail:
 	Py_XDECREF(cpus);
 	Py_XDECREF(lat);
+	Py_XDECREF(places);
 	return NULL;
 }
 
@@ -272,6 +329,7 @@ static PyObject *pingpong(PyObject *self, PyObject *args)
 		/* FUTEX_WAIT times out every 100 ms, so a stop is seen anyway */
 		sigprocmask(SIG_UNBLOCK, &block, NULL);
 		futex_loop(&t, (volatile int32_t *)page.buf,
+			   (volatile int32_t *)((char *)page.buf + 4),
 			   (volatile int64_t *)((char *)page.buf + 8), role);
 		sigprocmask(SIG_BLOCK, &block, NULL);
 	} else {

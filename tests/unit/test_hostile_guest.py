@@ -354,3 +354,23 @@ def test_one_bad_latency_among_thousands_is_named(bad, why):
     lat[4321] = bad
     with pytest.raises(PayloadError, match=rf"wake_lat_us\[4321\]: .*{why}"):
         decode_payload(kind, json.dumps({"cgroup": "cg0", "reports": [report]}).encode())
+
+
+@pytest.mark.parametrize(
+    ("place", "why"),
+    [({"waker_cpu": 9000, "cpu": 0, "count": 1}, r"\[1\]\.waker_cpu: 9000 outside"),
+     ({"waker_cpu": 0, "cpu": 1, "count": 0}, r"\[1\]\.count: 0 outside"),
+     ({"waker_cpu": 0, "cpu": 1}, r"\[1\]\.count: missing"),
+     ({"waker_cpu": 0, "cpu": 1, "count": 1, "llc": 0}, r"\[1\]: unknown field 'llc'")],
+)  # fmt: skip
+def test_a_bad_wake_place_is_named(place, why):
+    """Wake-ups by where both partners ran feed the ``together`` check: a
+    place naming an impossible CPU or count fails the report."""
+    ok = {"waker_cpu": 0, "cpu": 1, "count": 5}
+    report = {"cgroup": "cg0", "index": 0, "pid": 1, "wake_places": [ok, place]}
+    kind = int(MessageKind.WORKER_REPORTS)
+    with pytest.raises(PayloadError, match=rf"wake_places{why}"):
+        decode_payload(kind, json.dumps({"cgroup": "cg0", "reports": [report]}).encode())
+    report["wake_places"] = [ok] * 1025
+    with pytest.raises(PayloadError, match="1025 items, at most 1024"):
+        decode_payload(kind, json.dumps({"cgroup": "cg0", "reports": [report]}).encode())

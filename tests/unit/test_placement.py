@@ -127,6 +127,52 @@ def test_queued_members_count_as_placed():
     assert cls == "fail" and ev["samples"] == 12
 
 
+def counted(wakes0: tuple, wakes1: tuple, team: str = "pairs#0") -> tuple[Placed, ...]:
+    return (Placed(10, "p[0]", ALL8, team=team, wakes=wakes0),
+            Placed(11, "p[1]", ALL8, team=team, wakes=wakes1))  # fmt: skip
+
+
+def test_counted_wake_ups_judge_a_pair_without_samples():
+    """5000 wake-ups each way in LLC 0-3: together; 400 of them across LLCs
+    (4 %) still pass at 95 %, 800 (8 %) fail, naming the commonest split."""
+    same = counted(((2, 0, 5000),), ((0, 2, 5000),))
+    _, cls, msg, ev = together(Placement(SMT, same, ()), 95.0)
+    assert cls == "info" and ev["pct"] == 100.0 and "of 10000 wake-ups" in msg
+    some = counted(((2, 0, 4800), (5, 0, 400)), ((0, 2, 4800),))
+    assert together(Placement(SMT, some, ()), 95.0)[1] == "info"
+    many = counted(((2, 0, 4600), (5, 0, 800)), ((0, 2, 4600), (0, 6, 1)))
+    _, cls, _, ev = together(Placement(SMT, many, ()), 95.0)
+    assert cls == "fail" and ev["wake_ups"] == 10001
+    assert ev["most_apart"] == {"team": "pairs#0", "woken": "p[0]", "waker_cpu": 5, "cpu": 0,
+                                "wake_ups": 800}  # fmt: skip
+
+
+def test_counted_wake_ups_win_over_samples_and_few_fall_back_to_them():
+    split = tuple(tick(i / 10, [10, 0, 0, 0, 11 if i % 2 else 0, 0, 0, 0]) for i in range(20))
+    exact = counted(((2, 0, 500),), ((0, 2, 500),))
+    assert together(Placement(SMT, exact, split), 95.0)[1] == "info"
+    few = counted(((2, 0, 40),), ((0, 2, 40),))  # under MIN_WAKES: the samples judge
+    _, cls, msg, _ = together(Placement(SMT, few, split), 95.0)
+    assert cls == "fail" and "samples" in msg
+
+
+def test_a_sampled_team_beside_a_counted_one_is_judged_too():
+    split = tuple(tick(i / 10, [10, 0, 0, 0, 11 if i % 2 else 0, 0, 0, 0]) for i in range(20))
+    ws = (*pair("queue"), Placed(12, "q[0]", ALL8, team="pairs#0", wakes=((2, 3, 500),)),
+          Placed(13, "q[1]", ALL8, team="pairs#0", wakes=((3, 2, 500),)))  # fmt: skip
+    _, cls, msg, _ = together(Placement(SMT, ws, split), 95.0)
+    assert cls == "fail" and "samples" in msg
+    _, cls, msg, _ = together(Placement(SMT, ws, ()), 95.0)
+    assert cls == "info" and "of 1000 wake-ups" in msg and "no monitor samples" in msg
+
+
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(1, 10**12)),
+                max_size=20))  # fmt: skip
+def test_counted_wake_ups_never_crash_whatever_cpus_they_name(wakes):
+    _, cls, _, ev = together(Placement(SMT, counted(tuple(wakes), ()), ()), 95.0)
+    assert cls in ("info", "fail") and 0.0 <= ev.get("pct", 0.0) <= 100.0
+
+
 def test_together_declines_for_teams_confined_to_one_llc():
     confined = (Placed(10, "a", (0, 1, 2, 3), team="t"), Placed(11, "b", (0, 1, 2, 3), team="t"))
     ticks = tuple(tick(i, [10, 11] + [0] * 6) for i in range(20))

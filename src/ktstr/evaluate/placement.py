@@ -13,10 +13,13 @@ scheduler under 95 %, 80 of 100 do.
   is idle while a CPU of another has tasks queued behind the running one.
 * ``together`` (``min_together_pct``): workers that talk (the two of a pair
   of a paired kind; a producer/consumer cgroup) should share an LLC where
-  they may run on several. A worker is placed at the CPU it was last seen
-  on (running or queued); a sample counts for a team once all its members
-  were placed and one of them is seen in it; it is good when they share an
-  LLC.
+  they may run on several. A pair's workers count every wake-up by their
+  partner by where both ran (``WorkerReport.wake_places``): the share is of
+  those wake-ups, the whole run's, exact rather than sampled. A team
+  without such counts is judged from the samples: a worker is placed at the
+  CPU it was last seen on (running or queued); a sample counts for a team
+  once all its members were placed and one of them is seen in it; it is
+  good when they share an LLC.
 * ``numa_local`` (``min_numa_local_pct``): a worker whose memory is on a
   known node (``WorkerReport.mem_node``) and who may run on several nodes
   should run on its memory's node: counted per sample it is seen running.
@@ -29,12 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ktstr.evaluate.monitor import cpu_load
-from ktstr.evaluate.stats import wilson
+from ktstr.evaluate.stats import Group, wilson
 from ktstr.inspect.sample import CpuState, Sample
 from ktstr.spec.topology import Topology, format_cpus
 
 #: Fewer judged samples than this and a placement check says nothing.
 MIN_SAMPLES = 10
+#: Fewer counted wake-ups than this and a team is judged from samples.
+MIN_WAKES = 100
 
 #: A check fails only when it is this sure the share is under its floor.
 #: Samples 0.1 s apart are not independent (a split the scheduler undoes in
@@ -51,6 +56,8 @@ CONFIDENCE = 0.95
 #: sightings up to 0.1 s old, 89-100 %.
 FRESH_SAMPLES = 1
 
+_NO_SAMPLES = "no monitor samples of the workload"
+
 #: (check, class "fail" | "info", message, evidence)
 Found = tuple[str, str, str, dict[str, Any]]
 
@@ -65,6 +72,8 @@ class Placed:
     cpu_bound: bool = False
     team: str = ""  # workers of one team talk to each other
     mem_node: int = -1
+    #: (partner's CPU, own CPU, wake-ups): where the partner's wake-ups found both
+    wakes: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,25 @@ class Placement:
     topology: Topology
     workers: tuple[Placed, ...]
     samples: tuple[Sample, ...]  # the workload's, settled
+
+
+def placed(groups: Iterable[Group]) -> tuple[Placed, ...]:
+    """The reported workers the placement checks can follow: those that ran
+    their work in their own task (not through threads or children)."""
+    return tuple(
+        Placed(
+            pid=s.report.pid,
+            who=f"{g.name}[{s.report.index}]",
+            allowed=tuple(sorted(s.cpus)),
+            cpu_bound=s.how.cpu_bound,
+            team=s.how.team,
+            mem_node=s.report.mem_node,
+            wakes=tuple((w.waker_cpu, w.cpu, w.count) for w in s.report.wake_places),
+        )
+        for g in groups
+        for s in g.samples
+        if s.ok and s.report.pid > 0 and not s.how.opaque
+    )
 
 
 def settled(
@@ -86,18 +114,27 @@ def _busy(c: CpuState) -> bool:
     return not c.idle and c.curr_pid != 0
 
 
-def _verdict(check: str, good: int, floor: float, total: int, what: str, **ev: Any) -> Found:
+def _verdict(
+    check: str,
+    good: int,
+    floor: float,
+    total: int,
+    what: str,
+    *,
+    unit: str = "samples",
+    **ev: Any,
+) -> Found:
     """Fail only where the samples show the share below ``floor``: the upper
     one-sided bound (``CONFIDENCE``) of its Wilson interval is under it."""
     pct = 100.0 * good / total
     upper = 100.0 * wilson(good, total, 2 * CONFIDENCE - 1)[1]
     ev = {"pct": round(pct, 1), "upper_pct": round(upper, 1), "min_pct": floor,
-          "samples": total, **ev}  # fmt: skip
-    msg = f"{what} in {pct:.0f}% of {total} samples"
+          unit.replace("-", "_"): total, **ev}  # fmt: skip
+    msg = f"{what} in {pct:.0f}% of {total} {unit}"
     if upper < floor:
         return (check, "fail", f"{msg} (want >= {floor:g}%; at most {upper:.1f}%)", ev)
     if pct < floor:
-        msg += f" (under {floor:g}%, but {total} samples cannot show it: up to {upper:.1f}%)"
+        msg += f" (under {floor:g}%, but {total} {unit} cannot show it: up to {upper:.1f}%)"
     return (check, "info", msg, ev)
 
 
@@ -111,6 +148,8 @@ def spread_out(p: Placement, floor: float) -> Found:
     cores = {topo.core_cpus(c) for c in allowed}
     if not spinners or len(spinners) >= len(cores):
         return _declined("spread_out", f"{len(spinners)} CPU-bound workers for {len(cores)} cores")
+    if not p.samples:
+        return _declined("spread_out", _NO_SAMPLES)
     pids = {w.pid for w in spinners}
     llcs = {topo.llc_of(c) for c in allowed}
     bad = total = 0
@@ -162,6 +201,46 @@ def together(p: Placement, floor: float) -> Found:
     }
     if not teams:
         return _declined("together", "no talking workers that may run on several LLCs")
+    counted = {k: ws for k, ws in teams.items() if _wakes(ws) >= MIN_WAKES}
+    found = [_together_counted(topo, counted, floor)] if counted else []
+    sampled = {k: ws for k, ws in teams.items() if k not in counted}
+    if sampled:
+        found.append(_together_sampled(p, sampled, floor))
+    failed = [f for f in found if f[1] == "fail"]
+    if failed or len(found) == 1:
+        return (failed or found)[0]
+    return ("together", "info", "; ".join(f[2] for f in found), found[0][3])
+
+
+def _wakes(ws: Iterable[Placed]) -> int:
+    return sum(n for w in ws for _, _, n in w.wakes)
+
+
+def _together_counted(topo: Topology, teams: dict[str, list[Placed]], floor: float) -> Found:
+    """From the wake-ups each worker counted by its partner's CPU and its own."""
+    good = total = 0
+    apart: dict[tuple[str, str, int, int], int] = {}
+    for name, ws in teams.items():
+        for w in ws:
+            for waker, cpu, n in w.wakes:
+                total += n
+                if waker < topo.cpus and cpu < topo.cpus and topo.llc_of(waker) == topo.llc_of(cpu):
+                    good += n
+                else:
+                    apart[(name, w.who, waker, cpu)] = n
+    worst = max(apart, key=apart.__getitem__, default=None)
+    ev: dict[str, Any] = {}
+    if worst is not None:
+        ev["most_apart"] = {"team": worst[0], "woken": worst[1], "waker_cpu": worst[2],
+                            "cpu": worst[3], "wake_ups": apart[worst]}  # fmt: skip
+    what = f"{len(teams)} talking team(s) shared an LLC"
+    return _verdict("together", good, floor, total, what, unit="wake-ups", **ev)
+
+
+def _together_sampled(p: Placement, teams: dict[str, list[Placed]], floor: float) -> Found:
+    topo = p.topology
+    if not p.samples:
+        return _declined("together", _NO_SAMPLES)
     last: dict[int, tuple[int, int]] = {}  # pid -> (sample index, CPU) of its last sighting
     good = total = 0
     apart: dict[str, Any] = {}
@@ -194,6 +273,8 @@ def numa_local(p: Placement, floor: float) -> Found:
     ]
     if not ws:
         return _declined("numa_local", "no worker with its memory on a node may leave it")
+    if not p.samples:
+        return _declined("numa_local", _NO_SAMPLES)
     local = total = 0
     away: dict[str, Any] = {}
     for s in p.samples:
@@ -227,8 +308,8 @@ def placement_findings(p: Placement | None, limits: dict[str, float]) -> list[Fo
     for name, check in CHECKS:
         if name not in limits:
             continue
-        if p is None or not p.samples:
-            out.append(_declined(check.__name__, "no monitor samples of the workload"))
+        if p is None:
+            out.append(_declined(check.__name__, _NO_SAMPLES))
         else:
             out.append(check(p, limits[name]))
     return out

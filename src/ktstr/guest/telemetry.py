@@ -1,7 +1,8 @@
 """What a worker measures of itself as it runs: iterations and work units,
 the longest gap between iterations (net of intended sleeps) with when and
-where it was, the CPUs it ran on and its migrations, and a reservoir of wake
-latencies. ``tick`` is on the hot path of every Python work kind."""
+where it was, the CPUs it ran on and its migrations, a reservoir of wake
+latencies, and for wake-ups by a partner the CPUs of both (``place``).
+``tick`` is on the hot path of every Python work kind."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.guest.work_types import LAT_RESERVOIR
+from ktstr.protocol.messages import MAX_WAKE_PLACES
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -41,6 +43,8 @@ class Telemetry:
         "max_gap_cpu",
         "mem_node",
         "migrations",
+        "places",
+        "places_lost",
         "rnd",
         "t0",
         "units",
@@ -56,6 +60,8 @@ class Telemetry:
         self.lat_seen = 0
         self.mem_node = -1  # NUMA node of the work's memory, where it has some
         self.rnd = random.Random(os.getpid())
+        self.places: dict[tuple[int, int], int] = {}  # (waker's CPU, own CPU) -> wake-ups
+        self.places_lost = 0
 
     def tick(self, units: int = 1, blocked_ns: int = 0) -> None:
         now = time.monotonic_ns()
@@ -84,6 +90,24 @@ class Telemetry:
         self.last = time.monotonic_ns()
         self.lat.extend(native["lat_ns"][: LAT_RESERVOIR - len(self.lat)])
         self.lat_seen += int(native["lat_seen"])
+        for waker, cpu, n in native["places"]:
+            self._count(int(waker), int(cpu), int(n))
+        self.places_lost += int(native["places_lost"])
+
+    def place(self, waker_cpu: int) -> None:
+        """A partner on ``waker_cpu`` woke this task, which runs here now."""
+        cpu = _libc.sched_getcpu()
+        if waker_cpu < 0 or cpu < 0:
+            self.places_lost += 1
+        else:
+            self._count(waker_cpu, cpu, 1)
+
+    def _count(self, waker: int, cpu: int, n: int) -> None:
+        key = (waker, cpu)
+        if key in self.places or len(self.places) < MAX_WAKE_PLACES:
+            self.places[key] = self.places.get(key, 0) + n
+        else:
+            self.places_lost += n
 
     def latency(self, ns: int) -> None:
         """A wake-to-run latency sample (reservoir-capped)."""

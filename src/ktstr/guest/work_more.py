@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from ktstr.guest.work_types import (
+    MSG,
     Ctx,
     Shared,
     Step,
@@ -27,6 +28,8 @@ from ktstr.guest.work_types import (
     _ns,
     _sleep,
     fork_and_wait,
+    receive_msg,
+    send_msg,
     spin,
     stop_deferred,
 )
@@ -60,19 +63,18 @@ def _request_response(ctx: Ctx) -> Step:
     def step() -> None:
         t = _ns()
         if ctx.role == 0:
-            os.write(wr, struct.pack("<q", t))
-            os.read(rd, 8)
+            send_msg(wr)
+            data = os.read(rd, MSG.size)
             now = _ns()
             ctx.tel.latency(now - t)
+            if len(data) == MSG.size:
+                ctx.tel.place(MSG.unpack(data)[1])
             ctx.tel.tick(blocked_ns=now - t)
             return
-        data = os.read(rd, 8)
-        now = _ns()
-        if len(data) == 8:
-            ctx.tel.latency(now - struct.unpack("<q", data)[0])
+        blocked = receive_msg(ctx.tel, rd)
         busy(work)
-        os.write(wr, struct.pack("<q", _ns()))
-        ctx.tel.tick(blocked_ns=now - t)
+        send_msg(wr)
+        ctx.tel.tick(blocked_ns=blocked)
 
     return step
 

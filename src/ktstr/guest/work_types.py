@@ -51,6 +51,7 @@ class Stop(BaseException):
 class Tel(Protocol):
     def tick(self, units: int = 1, blocked_ns: int = 0) -> None: ...
     def latency(self, ns: int) -> None: ...
+    def place(self, waker_cpu: int) -> None: ...
     def absorb(self, native: dict[str, object]) -> None: ...
 
     mem_node: int
@@ -175,30 +176,43 @@ def _native_pingpong(ctx: Ctx, kind: int) -> Step:
     return step
 
 
+#: A message between the two of a pair: when it was sent, and from which CPU
+#: (the woken side counts its wake-up by both CPUs: ``Tel.place``).
+MSG = struct.Struct("<qq")
+
+
+def send_msg(fd: int) -> None:
+    os.write(fd, MSG.pack(_ns(), _libc.sched_getcpu()))
+
+
+def receive_msg(tel: Tel, fd: int) -> int:
+    """Wait for a message; record its wake latency and place; return ns waited."""
+    t = _ns()
+    data = os.read(fd, MSG.size)
+    now = _ns()
+    if len(data) == MSG.size:
+        stamp, cpu = MSG.unpack(data)
+        tel.latency(now - stamp)
+        tel.place(cpu)
+    return now - t
+
+
 def _pipe_io(ctx: Ctx) -> Step:
-    """Role 0 sends its timestamp, then waits for the reply; role 1 waits,
-    then replies. The reader records now - the sender's stamp."""
+    """Role 0 sends a message, then waits for the reply; role 1 waits, then
+    replies. The reader records now - the sender's stamp."""
     if NATIVE:
         return _native_pingpong(ctx, 1)
     assert ctx.shared.pipes is not None
     (ab_r, ab_w), (ba_r, ba_w) = ctx.shared.pipes
     rd, wr = (ba_r, ab_w) if ctx.role == 0 else (ab_r, ba_w)
 
-    def receive() -> int:
-        t = _ns()
-        data = os.read(rd, 8)
-        now = _ns()
-        if len(data) == 8:
-            ctx.tel.latency(now - struct.unpack("<q", data)[0])
-        return now - t
-
     def step() -> None:
         if ctx.role == 0:
-            os.write(wr, struct.pack("<q", _ns()))
-            blocked = receive()
+            send_msg(wr)
+            blocked = receive_msg(ctx.tel, rd)
         else:
-            blocked = receive()
-            os.write(wr, struct.pack("<q", _ns()))
+            blocked = receive_msg(ctx.tel, rd)
+            send_msg(wr)
         ctx.tel.tick(blocked_ns=blocked)
 
     return step
@@ -213,13 +227,15 @@ def _futex(addr: int, op: int, val: int, timeout_ns: int = 0) -> int:
 
 
 def _futex_pingpong(ctx: Ctx) -> Step:
-    """Word 0 is whose turn it is (0 or 1); word 2 (int64) is when the
-    waker wrote it. The woken side records now - that as wake latency."""
+    """Word 0 is whose turn it is (0 or 1), word 1 the waker's CPU; bytes
+    8-16 (int64) are when the waker wrote it. The woken side records now -
+    that as wake latency, and where both ran."""
     if NATIVE:
         return _native_pingpong(ctx, 0)
     page = ctx.shared.page
     assert page is not None
     turn = ctypes.c_int32.from_buffer(page, 0)
+    waker = ctypes.c_int32.from_buffer(page, 4)
     stamp = ctypes.c_int64.from_buffer(page, 8)
     addr = ctypes.addressof(turn)
     me, other = ctx.role, 1 - ctx.role
@@ -231,7 +247,9 @@ def _futex_pingpong(ctx: Ctx) -> Step:
         now = _ns()
         if stamp.value:  # 0 until the first handover
             ctx.tel.latency(now - stamp.value)
+            ctx.tel.place(waker.value)
         spin(50)
+        waker.value = _libc.sched_getcpu()
         stamp.value = _ns()
         turn.value = other
         _futex(addr, _FUTEX_WAKE, 1)

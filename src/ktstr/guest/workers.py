@@ -34,7 +34,7 @@ from ktstr.guest.work_types import (
     make_step,
     stop_deferred,
 )
-from ktstr.protocol.messages import WorkerReport, to_json
+from ktstr.protocol.messages import WakePlace, WorkerReport, to_json
 from ktstr.spec.ledger import WorkerId
 from ktstr.spec.plan import PlanCgroup
 from ktstr.spec.work import PolicyKind, SchedPolicy, Work, describe_work
@@ -97,6 +97,8 @@ def _report(
         on_cpu_ms=(ss1[0] - ss0[0]) / 1e6, run_delay_ms=(ss1[1] - ss0[1]) / 1e6,
         timeslices=ss1[2] - ss0[2], native=NATIVE and spec.work.paired,
         mem_node=tel.mem_node,
+        wake_places=[WakePlace(waker_cpu=w, cpu=c, count=n) for (w, c), n in tel.places.items()],
+        wake_places_lost=tel.places_lost,
     )  # fmt: skip
 
 
@@ -300,7 +302,9 @@ class WorkerPool:
             return
         try:
             with open(w.report_path) as f:
-                w.report = WorkerReport(**json.load(f))
+                data = json.load(f)
+            data["wake_places"] = [WakePlace(**p) for p in data.get("wake_places", ())]
+            w.report = WorkerReport(**data)
             os.unlink(w.report_path)
         except (OSError, ValueError, TypeError):
             why = f"no report (exit status {status})"

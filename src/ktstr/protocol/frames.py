@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 MAGIC = b"KTSF"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HEADER = struct.Struct("<4sBBHIII")  # magic, version, flags, kind, seq, length, pcrc
 _FULL_HEADER = struct.Struct("<4sBBHIIII")  # ... + header CRC
 HEADER_SIZE = _FULL_HEADER.size

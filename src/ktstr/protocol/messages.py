@@ -193,6 +193,20 @@ MAX_LAT_SAMPLES = 20000
 MAX_CPU = 8191
 
 
+#: Distinct (waker's CPU, woken CPU) pairs a worker reports.
+MAX_WAKE_PLACES = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WakePlace:
+    """``count`` wake-ups by a partner running on ``waker_cpu`` that this
+    worker then ran on ``cpu`` (seen right after it woke)."""
+
+    waker_cpu: int = _f(lo=0, hi=MAX_CPU)
+    cpu: int = _f(lo=0, hi=MAX_CPU)
+    count: int = _f(lo=1, hi=2**62)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerReport:
     """One worker's telemetry. ``error`` set = the worker failed (its numbers
@@ -221,6 +235,10 @@ class WorkerReport:
     native: bool = False
     #: NUMA node of the memory its work touches (memory_bw); -1 = none or unknown.
     mem_node: int = _f(-1, lo=-1, hi=1 << 10)
+    #: Wake-ups by its partner (paired kinds), counted by where both ran.
+    wake_places: list[WakePlace] = _f([], max_len=MAX_WAKE_PLACES)
+    #: Wake-ups past MAX_WAKE_PLACES distinct places, or with a CPU unknown.
+    wake_places_lost: int = _f(0, lo=0, hi=2**62)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

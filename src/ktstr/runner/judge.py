@@ -28,6 +28,7 @@ from ktstr.errors import (
 )
 from ktstr.evaluate.account import Expectation, run_data
 from ktstr.evaluate.monitor import MonitorJudge, explain
+from ktstr.evaluate.placement import Placement, placed
 from ktstr.evaluate.verdict import Finding, Outcome, RunData, Status, Verdict, evaluate
 from ktstr.evaluate.verifier import programs
 from ktstr.host import kconfig
@@ -267,6 +268,8 @@ def _execute_job(
 
     def judge(run: GuestRun | None, host: Outcome) -> Verdict:
         data = run_data(run.evidence if run else Evidence(), expect, host)
+        # Wake-ups counted by the workers place pairs even without the monitor.
+        data = dataclasses.replace(data, placement=Placement(req.topology, placed(data.groups), ()))
         if run is not None and run.monitor is not None and run.monitor.judge is not None:
             windows = [
                 (sc.started_at, sc.ended_at or sc.started_at) for sc in run.evidence.scenarios

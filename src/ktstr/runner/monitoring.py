@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.evaluate.monitor import MonitorJudge, MonitorLimits
-from ktstr.evaluate.placement import Placed, Placement, settled
+from ktstr.evaluate.placement import Placement, placed, settled
 from ktstr.evaluate.stats import Group
 from ktstr.host.kernel import Kernel
 from ktstr.inspect.attach import Target
@@ -133,20 +133,7 @@ class MonitorRun:
         self, groups: tuple[Group, ...], topology: Topology, windows: list[tuple[float, float]]
     ) -> Placement:
         """Where the reported workers ran during the workload (settled)."""
-        workers = tuple(
-            Placed(
-                pid=s.report.pid,
-                who=f"{g.name}[{s.report.index}]",
-                allowed=tuple(sorted(s.cpus)),
-                cpu_bound=s.how.cpu_bound,
-                team=s.how.team,
-                mem_node=s.report.mem_node,
-            )
-            for g in groups
-            for s in g.samples
-            if s.ok and s.report.pid > 0 and not s.how.opaque
-        )
-        return Placement(topology, workers, settled(self.series, windows))
+        return Placement(topology, placed(groups), settled(self.series, windows))
 
     def scheduler_attached(self) -> None:
         if self.monitor is not None and self.plan.watchdog_s is not None:
