@@ -29,15 +29,13 @@ TOPOLOGIES = os.environ.get("KTSTR_CATALOG_TOPOLOGY", "1n2l2c1t").split(",")
 SCHEDULERS = os.environ.get("KTSTR_CATALOG_SCHEDULERS", "eevdf,scx_simple").split(",")
 REPEAT = int(os.environ.get("KTSTR_CATALOG_REPEAT", "1"))
 #: The default run's sample: (scenario, scheduler) -> the topology it runs at.
-#: pairs_together runs where the catalog promises it passes under EEVDF (2
-#: LLCs with SMT): at 1n2l2c1t EEVDF keeps pipe pairs on one LLC in 83-97 %
-#: of 15 s, and one run in 5 shows it under 95 % (both members seen at once
-#: on two LLCs), a finding about EEVDF on 4 CPUs that docs/scenarios.md keeps.
+#: pairs_together runs at 2 nodes of one 2-CPU LLC each, where a pair has
+#: no room to spare: EEVDF keeps it on one LLC in 98-100 % of its wake-ups.
 SAMPLE = {
     ("pinned_llc", "eevdf"): "1n2l2c1t", ("scx_smoke", "scx_simple"): "1n2l2c1t",
     ("request_response", "eevdf"): "1n2l2c1t", ("weighted_cgroups", "scx_simple"): "1n2l2c1t",
     ("pi_convoy", "eevdf"): "1n2l2c1t", ("bandwidth_cap", "eevdf"): "1n2l2c1t",
-    ("pairs_together", "eevdf"): "1n2l2c2t",
+    ("pairs_together", "eevdf"): "2n2l2c1t",
 }  # fmt: skip
 #: What the sweeps found about a shared example scheduler: findings to report
 #: to its authors, not thresholds to loosen. Expected to fail where the
