@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import marshal
+import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -77,3 +81,45 @@ def test_a_damaged_file_is_ignored(data):
         f.write(data)
         f.flush()
         assert codecache._load(f.name) == {}
+
+
+def test_a_deferred_module_is_imported_at_its_first_use(monkeypatch):
+    """``json.tool`` stands in for inspect: not imported until a name of it
+    is looked up, then real for the holder of the early reference too."""
+    monkeypatch.delitem(sys.modules, "json.tool", raising=False)
+    codecache.defer("json.tool")
+    early = sys.modules["json.tool"]
+    assert isinstance(early, codecache.Deferred)
+    assert callable(early.main)  # the lookup imported it
+    real = sys.modules["json.tool"]
+    assert real is not early and not isinstance(real, codecache.Deferred)
+    assert early.main is real.main and "argparse" in vars(early)
+
+
+_GUEST_IMPORTS = """
+import sys, os
+import ktstr.guest  # first, as in the guest: it installs the cache
+import dataclasses
+from ktstr.codecache import Deferred
+for name in sorted(os.listdir(ktstr.guest.__path__[0])):  # not pkgutil: it uses inspect
+    if name.endswith(".py"):
+        __import__("ktstr.guest." + name[:-3])
+print(isinstance(sys.modules["inspect"], Deferred), isinstance(sys.modules["ipaddress"], Deferred))
+
+@dataclasses.dataclass
+class Bare:
+    x: int
+
+print(Bare.__doc__, isinstance(sys.modules["inspect"], Deferred))
+"""
+
+
+def test_the_guest_modules_never_need_inspect(tmp_path):
+    """With the cache on (the guest), importing every guest module leaves
+    inspect unimported: each dataclass there has a docstring. One without
+    still gets its signature as its docstring, by importing it then."""
+    env = {**os.environ, codecache.ENV: str(tmp_path / "code.marshal")}
+    env["PYTHONPATH"] = str(Path(codecache.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-S", "-c", _GUEST_IMPORTS], env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.split("\n")[:2] == ["True True", "Bare(x: int) False"], out

@@ -58,6 +58,8 @@ def _on_stop(signum: int, frame: object) -> None:
 
 @dataclass
 class WorkerSpec:
+    """What one worker runs, where, and how it reports."""
+
     cgroup: str
     procs_dir: str
     index: int
@@ -203,6 +205,8 @@ def _close_parent_copies(specs: list[WorkerSpec]) -> None:
 
 @dataclass
 class Worker:
+    """A spawned worker: its process, and its report once stopped."""
+
     pid: int
     spec: WorkerSpec
     report_path: str

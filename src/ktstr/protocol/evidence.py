@@ -72,6 +72,8 @@ class Damage:
 
 @dataclass(slots=True)
 class ScenarioRecord:
+    """One scenario as the host saw it: when, and what its workers reported."""
+
     start: ScenarioStart
     started_at: float
     ended_at: float | None = None
@@ -82,6 +84,8 @@ class ScenarioRecord:
 
 @dataclass(slots=True)
 class Evidence:
+    """Everything a run's frames told the host, typed."""
+
     ready_at: float | None = None
     kern_addrs: KernAddrs | None = None
     scenarios: list[ScenarioRecord] = field(default_factory=list)
@@ -129,6 +133,8 @@ def _kind_name(kind: int) -> str:
 
 @dataclass(slots=True)
 class Collector:
+    """Turns frames into Evidence within a byte and count budget."""
+
     budget: Budget = field(default_factory=Budget)
     evidence: Evidence = field(default_factory=Evidence)
 

@@ -64,6 +64,8 @@ def encode_frame(kind: int, payload: bytes = b"", seq: int = 0) -> bytes:
 
 @dataclass(slots=True)
 class DecoderStats:
+    """What the decoder met besides good frames, by kind."""
+
     frames: int = 0
     crc_errors: int = 0
     garbage_bytes: int = 0

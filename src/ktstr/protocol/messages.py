@@ -147,17 +147,23 @@ class ScenarioStart(JsonPayload):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioPause(JsonPayload):
+    """The agent paused the scenario's workload (a snapshot, a host request)."""
+
     KIND = MessageKind.SCENARIO_PAUSE
     reason: str = _f("", max_len=256)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioResume(JsonPayload):
+    """The paused workload runs again."""
+
     KIND = MessageKind.SCENARIO_RESUME
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScenarioEnd(JsonPayload):
+    """Scenario ``name`` stopped its workers; their reports follow."""
+
     KIND = MessageKind.SCENARIO_END
     name: str = _f(max_len=256)
 
@@ -400,6 +406,8 @@ class SnapshotRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostReply:
+    """The host's answer to a guest request (a snapshot, a BPF write)."""
+
     KIND: ClassVar[MessageKind] = MessageKind.HOST_REPLY
     request_id: int
     status: int = 0  # 0 = captured, else an errno-like failure code

@@ -110,6 +110,8 @@ TCG_TIMING_FACTOR = 4.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Thresholds:
+    """Limits of the checks; None inherits, False turns a check off."""
+
     not_starved: bool | None = None  # every worker made progress
     isolation: bool | None = None  # workers stayed inside their cgroup's cpuset
     max_gap_ms: Value = None  # longest gap between a worker's iterations
@@ -269,6 +271,8 @@ def merge(*layers: Thresholds | None) -> Thresholds:
 
 @dataclass(frozen=True, slots=True)
 class Scale:
+    """How much timing thresholds stretch on this host, and why."""
+
     factor: float = 1.0
     reason: str = ""
 

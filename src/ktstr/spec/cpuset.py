@@ -24,6 +24,8 @@ class CpusetMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CpusetSpec:
+    """A cgroup's cpuset, relative to the topology it runs on."""
+
     mode: CpusetMode
     index: int = 0
     of: int = 1

@@ -13,6 +13,8 @@ from ktstr.spec.topology import PRESET_LIST, Preset, Topology
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Constraints:
+    """Which topologies a test can run on."""
+
     min_llcs: int = 1
     max_llcs: int | None = None
     min_cpus: int = 1
@@ -42,6 +44,8 @@ class Constraints:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Case:
+    """One gauntlet run: a test at a preset under a flag profile."""
+
     test: str
     preset: str
     topology: Topology

@@ -27,6 +27,8 @@ PayloadId = tuple[str, int]
 
 @dataclass(slots=True)
 class WorkerLife:
+    """A planned worker from spawn to stop."""
+
     id: WorkerId
     cgroup: str  # where it is now (a MOVE_ALL changes it)
     spec: PlanCgroup  # what it was spawned from: work, policy, affinity
@@ -37,6 +39,8 @@ class WorkerLife:
 
 @dataclass(slots=True)
 class PayloadLife:
+    """A planned payload run from start to stop."""
+
     id: PayloadId
     cgroup: str  # where it is now (a MOVE_ALL changes it)
     payload: Payload
@@ -55,6 +59,8 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class Effect:
+    """What one op does to the workers and payloads."""
+
     spawn: tuple[Spawn, ...] = ()
     stop: tuple[WorkerId, ...] = ()
     moved: tuple[WorkerId, ...] = ()
@@ -68,6 +74,8 @@ def _under(path: str, top: str) -> bool:
 
 @dataclass(slots=True)
 class Ledger:
+    """The cgroups, workers and payloads a plan has live at each point."""
+
     all_cpus: tuple[int, ...]
     live: dict[str, PlanCgroup] = field(default_factory=dict)
     next_index: dict[str, int] = field(default_factory=dict)

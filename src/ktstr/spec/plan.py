@@ -48,6 +48,8 @@ class PlanCgroup:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlanOp:
+    """One op with its cgroups resolved for the topology."""
+
     kind: OpKind
     path: str = ""
     other: str = ""
@@ -60,6 +62,8 @@ class PlanOp:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlanStep:
+    """A step's ops and how long the step holds."""
+
     ops: tuple[PlanOp, ...]
     hold_s: float
     loop_interval_s: float = 0.0
@@ -70,6 +74,8 @@ class PlanStep:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
+    """A scenario resolved for one topology: what the agent runs."""
+
     scenario: str
     topology: str
     duration_s: float

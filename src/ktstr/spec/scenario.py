@@ -98,6 +98,8 @@ class OpKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Op:
+    """One change to the scenario's cgroups and workers."""
+
     kind: OpKind
     name: str = ""
     other: str = ""
@@ -178,6 +180,8 @@ class HoldMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HoldSpec:
+    """How long a step holds: a fraction of the run, seconds, or a loop."""
+
     mode: HoldMode = HoldMode.FRACTION
     value: float = 1.0
     interval: float = 0.0
@@ -210,12 +214,16 @@ class HoldSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
+    """Ops applied together, then held."""
+
     ops: tuple[Op, ...] = ()
     hold: HoldSpec = field(default_factory=HoldSpec)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
+    """A named workload: its steps, length and thresholds."""
+
     name: str
     description: str
     steps: tuple[Step, ...]

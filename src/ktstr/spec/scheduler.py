@@ -18,6 +18,8 @@ from ktstr.spec.checks import Thresholds
 
 @dataclass(frozen=True, slots=True)
 class Flag:
+    """A scheduler flag: its arguments and the flags it needs or excludes."""
+
     name: str
     args: tuple[str, ...] | list[str] = ()
     requires: tuple[str, ...] | list[str] = ()

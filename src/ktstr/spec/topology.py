@@ -156,6 +156,8 @@ class Topology:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Preset:
+    """A named topology."""
+
     name: str
     topology: Topology
     description: str

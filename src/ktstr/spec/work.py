@@ -271,6 +271,8 @@ class PolicyKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedPolicy:
+    """A worker's scheduling policy and priority."""
+
     kind: PolicyKind = PolicyKind.NORMAL
     priority: int = 0  # 1..99 for FIFO/RR, 0 otherwise
 
@@ -306,6 +308,8 @@ class AffinityMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Affinity:
+    """How a worker's CPUs are narrowed within its cpuset."""
+
     mode: AffinityMode = AffinityMode.INHERIT
     count: int = 0
     cpus: tuple[int, ...] = ()
