@@ -81,6 +81,16 @@ def test_wilson_interval():
     assert wilson(0, 0) == (0.0, 1.0)
 
 
+@given(st.integers(1, 100_000), st.data(), st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+def test_wilson_is_scipys_wilson_interval(runs, data, confidence):
+    """The closed form is SciPy's method="wilson", at any count."""
+    from scipy import stats
+
+    passed = data.draw(st.integers(0, runs))
+    ci = stats.binomtest(passed, runs).proportion_ci(confidence_level=confidence, method="wilson")
+    assert wilson(passed, runs, confidence) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
 def test_calibration_sets_the_noise_floor():
     """A change smaller than what A against A shows is not significant, even
     when its p-value alone would say so; the detectable change shrinks with N."""
