@@ -4,6 +4,7 @@ classes behave the same, and a file that does not fit is ignored."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import marshal
 import os
 import subprocess
@@ -69,7 +70,7 @@ def test_other_text_is_compiled_as_usual(tmp_path):
 
 def test_a_file_from_another_interpreter_is_ignored(tmp_path):
     path = tmp_path / "code.marshal"
-    path.write_bytes(marshal.dumps(("cpython-39 3.9.0", {"def f(): pass": None})))
+    path.write_bytes(marshal.dumps(("cpython-39 3.9.0", {"def f(): pass": None}, {})))
     assert codecache.install(str(path)) == {}
     assert _make()(1).y == 2
 
@@ -80,7 +81,7 @@ def test_a_damaged_file_is_ignored(data):
     with tempfile.NamedTemporaryFile() as f:
         f.write(data)
         f.flush()
-        assert codecache._load(f.name) == {}
+        assert codecache._load(f.name) == ({}, {})
 
 
 def test_a_deferred_module_is_imported_at_its_first_use(monkeypatch):
@@ -123,3 +124,63 @@ def test_the_guest_modules_never_need_inspect(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", _GUEST_IMPORTS], env=env,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert out.split("\n")[:2] == ["True True", "Bare(x: int) False"], out
+
+
+_RECORD = """
+import sys
+from ktstr import codecache
+codecache.install(sys.argv[1], record=True)
+import ktstr.guest.agent, json.decoder
+"""
+
+_USE = """
+import sys
+import ktstr  # installs the cache, as in the guest
+import json, dataclasses, traceback
+import ktstr.protocol.messages as messages
+loaders = {m: type(sys.modules[m].__spec__.loader).__name__
+           for m in ("json", "json.decoder", "dataclasses", "ktstr.protocol.messages")}
+print(loaders)
+print(messages.__file__, json.__path__)
+try:
+    json.loads("{")
+except ValueError:
+    print("self.raw_decode(" in traceback.format_exc())  # source lines, from the real files
+"""
+
+
+def test_recorded_modules_load_from_the_bundle_as_from_their_files(tmp_path):
+    """The probe records the code of the modules it imported; the guest
+    then takes them from that one file, with their usual names, files,
+    package paths and tracebacks."""
+    path = str(tmp_path / "code.marshal")
+    env = {**os.environ, "PYTHONPATH": str(Path(codecache.__file__).parents[1])}
+    subprocess.run([sys.executable, "-S", "-c", _RECORD, path], env=env, check=True)
+    _, modules = codecache._load(path)
+    assert {"json.decoder", "dataclasses", "ktstr.protocol.messages"} <= set(modules)
+    assert not any("-packages" in origin for origin, *_ in modules.values())
+    env[codecache.ENV] = path
+    out = subprocess.run([sys.executable, "-S", "-c", _USE], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert set(eval(out[0]).values()) == {"_Bundled"}, out
+    assert out[1].startswith(str(Path(codecache.__file__).parent / "protocol" / "messages.py"))
+    assert out[2] == "True"
+
+
+def test_a_module_whose_file_changed_is_found_the_usual_way(tmp_path):
+    src = tmp_path / "bundled_mod.py"
+    src.write_text("X = 1\n")
+    st = src.stat()
+    code = marshal.dumps(compile("X = 2\n", str(src), "exec"))
+    finder = codecache.Bundle({"bundled_mod": (str(src), st.st_mtime_ns, st.st_size, code)})
+    spec = finder.find_spec("bundled_mod")
+    assert spec is not None and spec.origin == str(src) and spec.submodule_search_locations is None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.X == 2 and mod.__file__ == str(src)  # the bundle's code, the file's name
+    src.write_text("X = 10\n")  # another size
+    assert finder.find_spec("bundled_mod") is None
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    src.write_text("X = 1\n")
+    assert finder.find_spec("bundled_mod") is None  # same size, another mtime
+    assert finder.find_spec("other") is None
