@@ -47,6 +47,7 @@ else:
     from _frozen_importlib_external import SourceFileLoader, spec_from_file_location
 
 ENV = "KTSTR_CODE_CACHE"
+CodeType = type(compile("", "", "exec"))  # types.CodeType, without importing types
 MAX_BYTES = 16 << 20
 
 
@@ -131,7 +132,11 @@ class _Bundled(SourceFileLoader):
         self.code = code
 
     def get_code(self, fullname: str) -> Any:
-        return marshal.loads(self.code)
+        try:
+            code = marshal.loads(self.code)
+        except (EOFError, ValueError, TypeError):
+            code = None
+        return code if isinstance(code, CodeType) else super().get_code(fullname)
 
 
 class Bundle:
@@ -144,14 +149,14 @@ class Bundle:
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
         entry = self.modules.get(name)
-        if entry is None:
+        if not isinstance(entry, tuple) or len(entry) != 4:
             return None
         origin, mtime_ns, size, code = entry
         try:
             st = os.stat(origin)
-        except OSError:
+        except (OSError, TypeError, ValueError):
             return None
-        if st.st_mtime_ns != mtime_ns or st.st_size != size:
+        if st.st_mtime_ns != mtime_ns or st.st_size != size or not isinstance(code, bytes):
             return None
         pkg = [os.path.dirname(origin)] if os.path.basename(origin) == "__init__.py" else None
         loader = _Bundled(name, origin, code)
@@ -174,7 +179,7 @@ def bundle() -> Modules:
         try:
             code = loader.get_code(name)
             st = os.stat(origin)
-        except (OSError, ImportError, SyntaxError):
+        except Exception:  # a module left out is only imported as usual
             continue
         if code is not None:
             out[name] = (origin, st.st_mtime_ns, st.st_size, marshal.dumps(code))

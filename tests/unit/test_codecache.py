@@ -35,6 +35,7 @@ def _make():
 
 
 def test_recorded_code_is_used_and_classes_behave_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr("atexit.register", lambda *a, **k: None)  # no bundle of pytest's modules
     path = str(tmp_path / "code.marshal")
     recorded = codecache.install(path, record=True)
     _make()
@@ -184,3 +185,17 @@ def test_a_module_whose_file_changed_is_found_the_usual_way(tmp_path):
     src.write_text("X = 1\n")
     assert finder.find_spec("bundled_mod") is None  # same size, another mtime
     assert finder.find_spec("other") is None
+
+
+def test_a_damaged_bundle_entry_is_found_the_usual_way(tmp_path):
+    src = tmp_path / "damaged_mod.py"
+    src.write_text("X = 1\n")
+    st = src.stat()
+    finder = codecache.Bundle({"a": (str(src),), "b": (str(src), "x", 0, b""),  # type: ignore[dict-item]
+                               "c": (str(src), st.st_mtime_ns, st.st_size, "text")})  # fmt: skip
+    assert [finder.find_spec(n) for n in "abc"] == [None, None, None]
+    finder.modules["d"] = (str(src), st.st_mtime_ns, st.st_size, b"not marshal")
+    spec = finder.find_spec("d")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # the code from the file instead
+    assert mod.X == 1
