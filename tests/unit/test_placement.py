@@ -4,6 +4,8 @@ not, and declines where it does not apply."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -128,8 +130,12 @@ def test_queued_members_count_as_placed():
 
 
 def counted(wakes0: tuple, wakes1: tuple, team: str = "pairs#0") -> tuple[Placed, ...]:
-    return (Placed(10, "p[0]", ALL8, team=team, wakes=wakes0),
-            Placed(11, "p[1]", ALL8, team=team, wakes=wakes1))  # fmt: skip
+    return (mate(10, "p[0]", wakes0, team), mate(11, "p[1]", wakes1, team))
+
+
+def mate(pid: int, who: str, wakes: tuple, team: str, allowed: tuple = ALL8) -> Placed:
+    """A pair member that measured as many wake-ups as it placed."""
+    return Placed(pid, who, allowed, team=team, wakes=wakes, woken=sum(n for *_, n in wakes))
 
 
 def test_counted_wake_ups_judge_a_pair_without_samples():
@@ -158,12 +164,25 @@ def test_counted_wake_ups_win_over_samples_and_few_fall_back_to_them():
 
 def test_a_sampled_team_beside_a_counted_one_is_judged_too():
     split = tuple(tick(i / 10, [10, 0, 0, 0, 11 if i % 2 else 0, 0, 0, 0]) for i in range(20))
-    ws = (*pair("queue"), Placed(12, "q[0]", ALL8, team="pairs#0", wakes=((2, 3, 500),)),
-          Placed(13, "q[1]", ALL8, team="pairs#0", wakes=((3, 2, 500),)))  # fmt: skip
+    ws = (*pair("queue"), mate(12, "q[0]", ((2, 3, 500),), "pairs#0"),
+          mate(13, "q[1]", ((3, 2, 500),), "pairs#0"))  # fmt: skip
     _, cls, msg, _ = together(Placement(SMT, ws, split), 95.0)
     assert cls == "fail" and "samples" in msg
     _, cls, msg, _ = together(Placement(SMT, ws, ()), 95.0)
     assert cls == "info" and "of 1000 wake-ups" in msg and "no monitor samples" in msg
+
+
+def test_implausible_counts_never_pass_as_together():
+    """Counts from the guest: ones naming a CPU the worker may not run on,
+    or more wake-ups than it measured, count as apart."""
+    a, b = (0, 4), (1, 5)  # each may run in either LLC
+    ok = (mate(10, "p[0]", ((1, 0, 5000),), "t", a), mate(11, "p[1]", ((0, 1, 5000),), "t", b))
+    assert together(Placement(SMT, ok, ()), 95.0)[1] == "info"
+    elsewhere = (mate(10, "p[0]", ((1, 2, 5000),), "t", a), ok[1])  # cpu 2: not p[0]'s
+    assert together(Placement(SMT, elsewhere, ()), 95.0)[1] == "fail"
+    inflated = (dataclasses.replace(ok[0], wakes=((1, 0, 10**9),)), ok[1])
+    _, cls, _, ev = together(Placement(SMT, inflated, ()), 95.0)
+    assert cls == "fail" and ev["most_apart"]["wake_ups"] == 10**9
 
 
 @given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(1, 10**12)),

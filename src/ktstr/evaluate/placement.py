@@ -74,6 +74,7 @@ class Placed:
     mem_node: int = -1
     #: (partner's CPU, own CPU, wake-ups): where the partner's wake-ups found both
     wakes: tuple[tuple[int, int, int], ...] = ()
+    woken: int = 0  # wake-ups it measured a latency for (``wake_samples``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ def placed(groups: Iterable[Group]) -> tuple[Placed, ...]:
             team=s.how.team,
             mem_node=s.report.mem_node,
             wakes=tuple((w.waker_cpu, w.cpu, w.count) for w in s.report.wake_places),
+            woken=s.report.wake_samples,
         )
         for g in groups
         for s in g.samples
@@ -217,14 +219,20 @@ def _wakes(ws: Iterable[Placed]) -> int:
 
 
 def _together_counted(topo: Topology, teams: dict[str, list[Placed]], floor: float) -> Found:
-    """From the wake-ups each worker counted by its partner's CPU and its own."""
+    """From the wake-ups each worker counted by its partner's CPU and its own.
+    The counts come from the guest, so only plausible ones can be good: both
+    CPUs where the two may run, and no more than the wake-ups the worker
+    measured; the rest count as apart."""
     good = total = 0
     apart: dict[tuple[str, str, int, int], int] = {}
     for name, ws in teams.items():
         for w in ws:
+            others = {c for o in ws if o is not w for c in o.allowed}
+            plausible = sum(n for _, _, n in w.wakes) <= w.woken
             for waker, cpu, n in w.wakes:
                 total += n
-                if waker < topo.cpus and cpu < topo.cpus and topo.llc_of(waker) == topo.llc_of(cpu):
+                if (plausible and waker in others and cpu in w.allowed
+                        and topo.llc_of(waker) == topo.llc_of(cpu)):  # fmt: skip
                     good += n
                 else:
                     apart[(name, w.who, waker, cpu)] = n

@@ -35,6 +35,7 @@ from ktstr.host import kconfig
 from ktstr.host.kernel import Kernel
 from ktstr.host.qemu_argv import Accel
 from ktstr.host.results import remove_if_unfinished, write_private
+from ktstr.inspect.sample import Sample
 from ktstr.protocol.evidence import Evidence
 from ktstr.report import RunRecord, write_sidecar
 from ktstr.runner.boot import TEARDOWN_GRACE, WORKLOAD_GRACE, BootRequest, GuestRun, prepare
@@ -268,18 +269,16 @@ def _execute_job(
 
     def judge(run: GuestRun | None, host: Outcome) -> Verdict:
         data = run_data(run.evidence if run else Evidence(), expect, host)
-        # Wake-ups counted by the workers place pairs even without the monitor.
-        data = dataclasses.replace(data, placement=Placement(req.topology, placed(data.groups), ()))
+        samples: tuple[Sample, ...] = ()
         if run is not None and run.monitor is not None and run.monitor.judge is not None:
             windows = [
                 (sc.started_at, sc.ended_at or sc.started_at) for sc in run.evidence.scenarios
             ]
-            data = dataclasses.replace(
-                data,
-                monitor=monitor_findings(run.monitor.judge),
-                placement=run.monitor.placement(data.groups, req.topology, windows),
-            )
-        return evaluate(data, thresholds, scale)
+            samples = run.monitor.workload_samples(windows)
+            data = dataclasses.replace(data, monitor=monitor_findings(run.monitor.judge))
+        # Without the monitor too: wake-ups the workers counted place pairs.
+        placement = Placement(req.topology, placed(data.groups), samples)
+        return evaluate(dataclasses.replace(data, placement=placement), thresholds, scale)
 
     verdicts: list[Verdict] = []
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr.evaluate.monitor import MonitorJudge, MonitorLimits
-from ktstr.evaluate.placement import Placement, placed, settled
-from ktstr.evaluate.stats import Group
+from ktstr.evaluate.placement import settled
 from ktstr.host.kernel import Kernel
 from ktstr.inspect.attach import Target
 from ktstr.inspect.monitor import Monitor, MonitorConfig, MonitorResult
@@ -25,7 +24,6 @@ from ktstr.spec.checks import Thresholds
 from ktstr.spec.ledger import cpu_groups
 from ktstr.spec.plan import Plan
 from ktstr.spec.serde import from_data
-from ktstr.spec.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +127,9 @@ class MonitorRun:
         except Exception:  # an unreadable plan is the verdict's finding, not ours
             self.judge.groups = (all_cpus,)
 
-    def placement(
-        self, groups: tuple[Group, ...], topology: Topology, windows: list[tuple[float, float]]
-    ) -> Placement:
-        """Where the reported workers ran during the workload (settled)."""
-        return Placement(topology, placed(groups), settled(self.series, windows))
+    def workload_samples(self, windows: list[tuple[float, float]]) -> tuple[Sample, ...]:
+        """The samples of the workload (host seconds), each window settled."""
+        return settled(self.series, windows)
 
     def scheduler_attached(self) -> None:
         if self.monitor is not None and self.plan.watchdog_s is not None:
